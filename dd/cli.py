@@ -1,0 +1,55 @@
+"""The `dd` command line: one module per subcommand under dd/commands/ (each has add_parser and run)."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> module under dd.commands; adding a command is adding one module and one line here
+COMMANDS = {
+    "datasets": "dd.commands.listing",
+    "models": "dd.commands.listing",
+    "methods": "dd.commands.listing",
+    "eval": "dd.commands.eval",
+    "show": "dd.commands.show",
+    "buffer": "dd.commands.buffer",
+    "distill": "dd.commands.distill",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dd", description="dataset distillation toolkit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:  # a command whose module does not exist yet is simply not offered
+                continue
+            raise
+        p = mod.add_parser(sub, name)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """--device, --seed, --out, --data-root: the options every job shares."""
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto (CUDA when present)")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random draw of the job")
+    p.add_argument("--out", default=None, help="output directory")
+    p.add_argument("--data-root", default=None, help="where the dataset's files are (not needed for mnist10k/digits)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"dd {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""The dataset registry: `DATASETS.get(name)(root=...)` -> ImageDataset."""
+from dd.registry import Registry
+
+DATASETS: Registry = Registry("dataset")

@@ -1,0 +1,171 @@
+"""The cross-architecture evaluation harness: fresh networks trained from scratch on a set, tested on the test split.
+
+`evaluate` scores a synthetic set; `evaluate_random` and `evaluate_full` score the random-real and
+full-data baselines under the identical protocol; `build_report` puts them side by side.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dd.data import ImageDataset, load_dataset
+from dd.eval.protocol import Protocol, get_protocol
+from dd.eval.train import accuracy, train_model
+from dd.models import build_model
+from dd.synset import SyntheticSet
+from dd.utils import resolve_device
+
+
+@dataclass
+class EvalResult:
+    """Accuracies of `runs` fresh networks; mean and std (population std, as the DC/MTT code reports)."""
+
+    name: str
+    arch: str
+    dataset: str
+    accs: list[float]
+    protocol: dict
+    ipc: Optional[int] = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.accs))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.accs))
+
+    def __str__(self) -> str:
+        return f"{self.name} [{self.arch}, {self.dataset}, ipc={self.ipc}]: {100 * self.mean:.2f} ± {100 * self.std:.2f} % ({len(self.accs)} runs)"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "arch": self.arch, "dataset": self.dataset, "ipc": self.ipc, "accs": self.accs,
+                "mean": self.mean, "std": self.std, "runs": len(self.accs), "seconds": self.seconds,
+                "protocol": self.protocol, **({"extra": self.extra} if self.extra else {})}
+
+
+def dataset_for(synset: SyntheticSet, root: str | None = None) -> ImageDataset:
+    """The real dataset a set was distilled from (its test split scores the set)."""
+    name = synset.meta.get("dataset")
+    if not name:
+        raise ValueError("the synthetic set does not record its dataset; pass dataset=...")
+    return load_dataset(name, root=root, zca=bool(synset.meta.get("zca")))
+
+
+def train_and_test(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDataset, arch: str, protocol: Protocol,
+                   *, seed: int, device: torch.device, lr: Optional[float] = None, teacher=None,
+                   model_options: Optional[dict] = None, progress: bool = False) -> float:
+    """One run: seeded fresh model, trained on (images, labels), accuracy on dataset's test split."""
+    torch.manual_seed(seed)
+    model = build_model(arch, dataset.channels, dataset.num_classes, dataset.image_size, **(model_options or {})).to(device)
+    train_model(model, images.to(device), labels.to(device), protocol, lr=lr, seed=seed, flip_ok=dataset.flip_ok,
+                teacher=teacher, progress=progress, desc=f"{arch} seed {seed}")
+    return accuracy(model, dataset.test_images.to(device), dataset.test_labels.to(device), protocol.test_batch_size)
+
+
+def _runs(name: str, make_data: Callable[[int], tuple[torch.Tensor, torch.Tensor, Optional[float]]], dataset: ImageDataset,
+          arch: str, protocol: Protocol, runs: int, seed: int, device, ipc, teacher, model_options, progress) -> EvalResult:
+    device = resolve_device(device)
+    accs = []
+    start = time.perf_counter()
+    bar = tqdm(range(runs), desc=f"eval {name} on {arch}", disable=not progress, leave=False)
+    for r in bar:
+        x, y, lr = make_data(seed + r)
+        accs.append(train_and_test(x, y, dataset, arch, protocol, seed=seed + r, device=device, lr=lr, teacher=teacher,
+                                   model_options=model_options))
+        bar.set_postfix(acc=f"{100 * accs[-1]:.2f}")
+    return EvalResult(name, arch, dataset.name, accs, protocol.to_dict(), ipc, time.perf_counter() - start)
+
+
+def evaluate(synset: SyntheticSet, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 5, *,
+             dataset: Optional[ImageDataset] = None, device="auto", seed: int = 0, teacher=None,
+             model_options: Optional[dict] = None, progress: bool = True, name: str = "synthetic") -> EvalResult:
+    """Trains `runs` fresh `arch` networks on `synset` and reports test accuracy (last epoch) mean ± std."""
+    protocol = get_protocol(protocol)
+    dataset = dataset or dataset_for(synset)
+    _check_compatible(synset, dataset)
+    lr = synset.lr if (protocol.use_learned_lr and synset.lr is not None) else None
+    images, labels = synset.images.detach(), synset.labels.detach()
+    res = _runs(name, lambda s: (images, labels, lr), dataset, arch, protocol, runs, seed, device, synset.ipc, teacher,
+                model_options, progress)
+    res.extra["lr"] = lr if lr is not None else protocol.lr
+    return res
+
+
+def evaluate_random(dataset: ImageDataset, ipc: int, arch: str = "convnet", protocol: str | Protocol = "hard",
+                    runs: int = 5, *, device="auto", seed: int = 0, model_options=None, progress: bool = True) -> EvalResult:
+    """Random-real baseline: a fresh random selection of `ipc` images per class for every run."""
+    protocol = get_protocol(protocol)
+    hard = protocol.with_(labels="hard") if protocol.labels == "soft" else protocol
+
+    def make(s):
+        sel = SyntheticSet.from_real(dataset, ipc, torch.Generator().manual_seed(10_000 + s))
+        return sel.images, sel.labels, None
+
+    return _runs("random-real", make, dataset, arch, hard, runs, seed, device, ipc, None, model_options, progress)
+
+
+def evaluate_full(dataset: ImageDataset, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 1, *,
+                  epochs: Optional[int] = None, device="auto", seed: int = 0, model_options=None,
+                  progress: bool = True) -> EvalResult:
+    """Full-data baseline: the whole training split under the same protocol (epochs may be overridden)."""
+    protocol = get_protocol(protocol).with_(epochs=epochs)
+    hard = protocol.with_(labels="hard") if protocol.labels == "soft" else protocol
+    x, y = dataset.train_images, dataset.train_labels
+    return _runs("full", lambda s: (x, y, None), dataset, arch, hard, runs, seed, device, None, None, model_options,
+                 progress)
+
+
+def _check_compatible(synset: SyntheticSet, dataset: ImageDataset) -> None:
+    shape = tuple(synset.images.shape[1:])
+    want = (dataset.channels, *dataset.image_size)
+    if shape != want:
+        raise ValueError(f"set images are {shape} but dataset '{dataset.name}' has {want}; evaluate on the dataset "
+                         "the set was distilled from")
+    if synset.num_classes != dataset.num_classes:
+        raise ValueError(f"set has {synset.num_classes} classes, dataset '{dataset.name}' has {dataset.num_classes}")
+    recorded = synset.meta.get("dataset")
+    if recorded and recorded != dataset.name.split(":")[0]:
+        raise ValueError(f"set was distilled from '{recorded}' but is being evaluated on '{dataset.name}'")
+
+
+def cross_arch(synset: SyntheticSet, archs: Sequence[str], protocol: str | Protocol = "hard", runs: int = 5,
+               **kwargs) -> list[EvalResult]:
+    """One set, several architectures, one call."""
+    return [evaluate(synset, arch, protocol, runs, **kwargs) for arch in archs]
+
+
+def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol: str | Protocol = "hard", runs: int = 5,
+                 *, dataset: Optional[ImageDataset] = None, ipc: Optional[int] = None,
+                 baselines: Sequence[str] = ("random", "full"), full_epochs: Optional[int] = 30, full_runs: int = 1,
+                 device="auto", seed: int = 0, teacher=None, progress: bool = True) -> "Report":
+    """Synthetic set (if any) and the baselines, for each architecture, under one protocol."""
+    from dd.eval.report import Report
+
+    protocol = get_protocol(protocol)
+    if dataset is None:
+        if synset is None:
+            raise ValueError("pass a synthetic set or a dataset")
+        dataset = dataset_for(synset)
+    ipc = ipc or (synset.ipc if synset is not None else None)
+    rows: list[EvalResult] = []
+    for arch in archs:
+        if synset is not None:
+            rows.append(evaluate(synset, arch, protocol, runs, dataset=dataset, device=device, seed=seed,
+                                 teacher=teacher, progress=progress, name=synset.meta.get("method", "synthetic")))
+        if "random" in baselines:
+            if ipc is None:
+                raise ValueError("the random-real baseline needs --ipc")
+            rows.append(evaluate_random(dataset, ipc, arch, protocol, runs, device=device, seed=seed, progress=progress))
+        if "full" in baselines:
+            rows.append(evaluate_full(dataset, arch, protocol, full_runs, epochs=full_epochs, device=device, seed=seed,
+                                      progress=progress))
+    return Report(rows, meta={"dataset": dataset.name, "protocol": protocol.to_dict(), "runs": runs,
+                              "synset": synset.meta if synset is not None else None})

@@ -1,0 +1,37 @@
+"""Evaluation reports as JSON and a Markdown table."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dd.utils import atomic_write_json, atomic_write_text, to_jsonable, versions
+
+
+@dataclass
+class Report:
+    rows: list  # list[EvalResult]
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return to_jsonable({"rows": [r.to_dict() for r in self.rows], "meta": self.meta, "versions": versions()})
+
+    def to_markdown(self) -> str:
+        lines = ["| set | arch | dataset | IPC | epochs | runs | accuracy (%) |", "|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            ipc = "all" if r.ipc is None else r.ipc
+            lines.append(f"| {r.name} | {r.arch} | {r.dataset} | {ipc} | {r.protocol['epochs']} | {len(r.accs)} | "
+                         f"{100 * r.mean:.2f} ± {100 * r.std:.2f} |")
+        return "\n".join(lines) + "\n"
+
+    def save(self, out_dir: str | Path, stem: str = "eval") -> tuple[Path, Path]:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        j, m = out / f"{stem}.json", out / f"{stem}.md"
+        atomic_write_json(j, self.to_dict())
+        atomic_write_text(m, self.to_markdown())
+        return j, m
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> dict:
+        return json.loads(Path(path).read_text())

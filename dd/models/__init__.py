@@ -1,0 +1,37 @@
+"""Models: a registry by name; each builds from (channels, num_classes, image_size).
+
+`build_model("convnet-w32", 1, 10, (28, 28))`; any user model loads as `package.module:callable`.
+"""
+from __future__ import annotations
+
+import importlib
+
+from torch import nn
+
+from dd.models.registry import MODELS
+from dd.models import convnet as _convnet  # noqa: F401  (registers the ConvNet family)
+from dd.models.convnet import ConvNet
+
+try:  # the other families, registered when their module exists
+    from dd.models import zoo as _zoo  # noqa: F401
+except ImportError as e:  # pragma: no cover
+    if "zoo" not in str(e):
+        raise
+
+
+def build_model(name: str, channels: int, num_classes: int, image_size, **options) -> nn.Module:
+    """A fresh, randomly initialized model; `name` is a registry name or `package.module:callable`."""
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise KeyError(f"cannot load user model '{name}': {e}; expected 'package.module:callable' taking "
+                           "(channels, num_classes, image_size, **options)") from e
+    else:
+        fn = MODELS.get(name)
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    return fn(channels, num_classes, size, **options)
+
+
+__all__ = ["MODELS", "ConvNet", "build_model"]

@@ -1,0 +1,52 @@
+"""A name -> constructor registry, one per kind (datasets, models, methods).
+
+Like timm's model registry: a name on the command line maps to exactly one callable.
+"""
+from __future__ import annotations
+
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps names to constructors; unknown names raise a KeyError listing the known ones."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Callable[..., T]] = {}
+        self._help: dict[str, str] = {}
+
+    def register(self, name: str, help: str = "") -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            self.add(name, fn, help)
+            return fn
+
+        return deco
+
+    def add(self, name: str, fn: Callable[..., T], help: str = "") -> None:
+        key = name.lower()
+        if key in self._items:
+            raise ValueError(f"{self.kind} '{name}' is already registered")
+        self._items[key] = fn
+        doc = help or (fn.__doc__ or "").strip().splitlines()[0:1]
+        self._help[key] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+
+    def get(self, name: str) -> Callable[..., T]:
+        key = name.lower()
+        if key not in self._items:
+            known = ", ".join(sorted(self._items))
+            raise KeyError(f"unknown {self.kind} '{name}'; known {self.kind}s: {known}")
+        return self._items[key]
+
+    def help(self, name: str) -> str:
+        return self._help[name.lower()]
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))
+
+    def names(self) -> list[str]:
+        return sorted(self._items)

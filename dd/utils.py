@@ -1,0 +1,109 @@
+"""Small shared helpers: devices, seeding, atomic writes, version stamps."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """'auto' (or None) picks CUDA when present, else CPU; anything else is passed to torch.device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{device}' was requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seeds python, numpy and torch; returns a torch.Generator seeded the same for explicit use."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    """Package versions recorded in every artifact."""
+    import dd
+
+    out = {"dd": dd.__version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        import torchvision
+
+        out["torchvision"] = torchvision.__version__
+    except Exception:  # pragma: no cover - torchvision is a dependency
+        pass
+    try:
+        import safetensors
+
+        out["safetensors"] = safetensors.__version__
+    except Exception:  # pragma: no cover
+        pass
+    return out
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes to a temp file in the same directory, fsyncs, then renames over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, torch.device):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Round-trips through json so dataclass dicts with Paths/devices become plain JSON values."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
