@@ -1,0 +1,7 @@
+"""Synthesizers: one module per method, registered by name; `distill()` runs any of them."""
+from dd.methods.base import DistillationDiverged, Method, MethodConfig
+from dd.methods.registry import METHODS
+from dd.methods.driver import DistillResult, RunConfig, distill
+from dd.methods import dm as _dm  # noqa: F401  (each import registers a method)
+
+__all__ = ["METHODS", "DistillResult", "DistillationDiverged", "Method", "MethodConfig", "RunConfig", "distill"]
