@@ -8,17 +8,8 @@ from __future__ import annotations
 from dd.data.base import DatasetNotFoundError, ImageDataset, RealImages, stratified_split
 from dd.data.registry import DATASETS
 from dd.data import embedded as _embedded  # noqa: F401  (registers mnist10k, digits)
-
-try:  # loaders for user-provided files; registered when their module exists
-    from dd.data import torchvision_formats as _tv  # noqa: F401
-except ImportError as e:  # pragma: no cover - only while the module is being written
-    if "torchvision_formats" not in str(e):
-        raise
-try:
-    from dd.data import folders as _folders  # noqa: F401
-except ImportError as e:  # pragma: no cover
-    if "folders" not in str(e):
-        raise
+from dd.data import folders as _folders  # noqa: F401  (tinyimagenet, imagenet and MTT's subsets)
+from dd.data import torchvision_formats as _tv  # noqa: F401  (mnist, fashion-mnist, svhn, cifar10, cifar100)
 
 DEFAULT_DATASET = "mnist10k"
 
