@@ -1,0 +1,70 @@
+"""FTD, flat trajectory distillation (Du et al., CVPR 2023): MTT on flat (GSAM-trained) experts plus an EMA of the images.
+
+The experts come from the buffer recorder's flat/GSAM mode; the distillation itself is MTT's, and the
+exponential moving average of the synthetic images (decay 0.999 to 0.9999 in FTD's table) is what gets
+validated and saved (evaluated on freshly initialized networks like any set).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dd.methods.mtt import MTT, MTTConfig
+from dd.methods.registry import METHODS
+
+
+@dataclass
+class FTDConfig(MTTConfig):
+    """MTT's options plus the EMA decay of the images (FTD's table: 0.999 for small IPC up to 0.9999)."""
+
+    ema_decay: float = 0.999
+    require_flat_buffer: bool = False  # refuse a buffer whose manifest does not say it was recorded with GSAM/SAM
+
+
+def ema_update(avg: torch.Tensor, value: torch.Tensor, decay: float) -> None:
+    """avg <- decay * avg + (1 - decay) * value, in place."""
+    avg.mul_(decay).add_(value, alpha=1.0 - decay)
+
+
+def buffer_is_flat(store) -> bool:
+    manifest = getattr(store, "manifest", None) or {}
+    text = str(manifest).lower()
+    return "gsam" in text or "sam" in str(manifest.get("optimizer", "")).lower() if isinstance(manifest, dict) else "gsam" in text
+
+
+@METHODS.register("ftd", help="flat trajectory distillation: MTT on GSAM experts with an EMA of the images (Du et al. 2023)")
+class FTD(MTT):
+    name = "ftd"
+    Config = FTDConfig
+
+    def __init__(self, config, dataset, ipc, device, generator, buffer=None):
+        if not 0.0 < config.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {config.ema_decay}")
+        super().__init__(config, dataset, ipc, device, generator, buffer)
+        if config.require_flat_buffer and not buffer_is_flat(self.buffer):
+            raise ValueError("this buffer was not recorded with GSAM; record flat experts with the buffer recorder's "
+                             "GSAM option, or set require_flat_buffer=false")
+
+    def init_synset(self):
+        s = super().init_synset()
+        self.ema = self.images.detach().clone()
+        return s
+
+    def step(self, it: int) -> dict[str, float]:
+        out = super().step(it)
+        with torch.no_grad():
+            ema_update(self.ema, self.images.detach(), self.config.ema_decay)
+        return out
+
+    def current_images(self) -> torch.Tensor:
+        return self.ema
+
+    def state(self):
+        tensors, info = super().state()
+        tensors["ema"] = self.ema
+        return tensors, info
+
+    def load_state(self, tensors, info) -> None:
+        super().load_state(tensors, info)
+        self.ema.copy_(tensors["ema"].to(self.device))

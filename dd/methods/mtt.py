@@ -1,0 +1,221 @@
+"""MTT, matching training trajectories (Cazenavette et al., CVPR 2022), with a constant-memory gradient option.
+
+Per iteration: a student starts at an expert's epoch-t parameters, takes `syn_steps` SGD steps on the
+synthetic set (per-sample DSA), and the normalized distance to the expert's epoch t+M parameters is
+minimized over the images and the student lr. The gradient is exact either way: unrolled graph, or
+per-step recomputation (memory constant in syn_steps), chosen by `memory`. AST options are flags.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from dd.augment.dsa import DSA, DSAParams
+from dd.methods.base import DistillationDiverged, Method, MethodConfig, load_optimizer_state, optimizer_state
+from dd.methods.registry import METHODS
+from dd.methods.trajectory import (ParamLayout, ZeroTrajectoryDistance, constant_memory_grad, draw_plans,
+                                   graph_bytes_per_step, unrolled_grad)
+from dd.methods.trajectory_presets import mtt_defaults
+from dd.models import build_model
+from dd.synset import SyntheticSet
+
+MEMORY_MODES = ("auto", "unrolled", "constant")
+INTERMEDIATE = ("none", "uniform", "linear")
+
+
+@dataclass
+class MTTConfig(MethodConfig):
+    """Options left as None take the MTT paper's value for the dataset and IPC (dd.methods.trajectory_presets)."""
+
+    syn_steps: Optional[int] = None  # N: student steps per iteration
+    expert_epochs: Optional[int] = None  # M: the target is the expert M epochs after the start
+    max_start_epoch: Optional[int] = None  # T+: start epochs are drawn from 0..T+
+    batch_syn: Optional[int] = None  # synthetic minibatch of the student (None or 0: the whole set)
+    lr_img: Optional[float] = None
+    lr_lr: Optional[float] = None
+    lr_teacher: Optional[float] = None  # the learnable student lr starts at the experts' lr
+    img_momentum: float = 0.5
+    lr_momentum: float = 0.5
+    memory: str = "auto"  # 'unrolled', 'constant' (TESLA-style recomputation), or 'auto' (constant when unrolled won't fit)
+    memory_fraction: float = 0.5  # auto: use unrolled while its graph needs less than this fraction of free memory
+    # AST (smooth experts) options
+    inner_momentum: float = 0.0  # student SGD momentum (0.9 mirrors momentum experts)
+    intermediate: str = "none"  # also match the intermediate expert epochs: 'uniform' (weights 1) or 'linear' (i/M)
+    weight_perturb: bool = False  # start from W + (d/||d||_F) * W on conv weights, d ~ N(0, 1)
+    balanced: bool = False  # the student's loss averages per-class mean losses
+
+
+def perturb_conv_weights(flat: torch.Tensor, layout: ParamLayout, g: torch.Generator) -> torch.Tensor:
+    """AST weight perturbation: each conv weight W becomes W + (d / ||d||_F) * W with d ~ N(0, 1)."""
+    params = layout.unflatten(flat.clone())
+    for name, shape in zip(layout.names, layout.shapes):
+        if len(shape) == 4:
+            d = torch.randn(shape, generator=g).to(flat)
+            params[name].add_(d / d.norm() * params[name])
+    return layout.flatten(params)
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 8 << 30
+
+
+@METHODS.register("mtt", help="matching training trajectories of experts (Cazenavette et al. 2022); needs --buffer")
+class MTT(Method):
+    """Learns images and the student lr so N student steps land where the expert got in M epochs."""
+
+    name = "mtt"
+    Config = MTTConfig
+    needs_buffer = True
+
+    HP_KEYS = ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img", "lr_lr", "lr_teacher")
+
+    @staticmethod
+    def presets(dataset: str, ipc: int) -> dict:
+        return mtt_defaults(dataset, ipc)
+
+    def __init__(self, config, dataset, ipc, device, generator, buffer=None):
+        super().__init__(config, dataset, ipc, device, generator, buffer)
+        c = config
+        preset = self.presets(dataset.name, ipc)
+        self.hp = {k: (getattr(c, k) if getattr(c, k) is not None else preset.get(k)) for k in self.HP_KEYS}
+        if c.memory not in MEMORY_MODES:
+            raise ValueError(f"unknown memory mode '{c.memory}'; choose one of {MEMORY_MODES}")
+        if c.intermediate not in INTERMEDIATE:
+            raise ValueError(f"unknown intermediate '{c.intermediate}'; choose one of {INTERMEDIATE}")
+        if self.hp["expert_epochs"] < 1 or self.hp["syn_steps"] < 1:
+            raise ValueError("expert_epochs and syn_steps must be >= 1 (a zero trajectory has no direction to match)")
+        store = self.buffer
+        last = store.num_epochs - 1
+        if self.hp["expert_epochs"] > last:
+            raise ValueError(f"expert_epochs={self.hp['expert_epochs']} but the buffer holds only {last} epochs per expert")
+        self.max_start = min(int(self.hp["max_start_epoch"]), last - self.hp["expert_epochs"])
+        name = getattr(store, "model_name", None) or c.model
+        self.model = build_model(name, dataset.channels, dataset.num_classes, dataset.image_size,
+                                 **(getattr(store, "model_options", None) or {})).to(device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.layout = ParamLayout.of(self.model)
+        names = tuple(getattr(store, "param_names", self.layout.names))
+        if names != self.layout.names:
+            raise ValueError(f"the buffer's parameters {names[:3]}... do not match model '{name}' "
+                             f"({self.layout.names[:3]}...); distil with the buffer's model")
+        self.dsa = DSA(DSAParams(strategy=c.dsa_strategy), allow_flip=dataset.flip_ok) if c.dsa else None
+        self.mode: Optional[str] = None if c.memory == "auto" else c.memory
+
+    # -- setup -----------------------------------------------------------------------------------
+    def init_synset(self) -> SyntheticSet:
+        s = self.initial_set()
+        self._template = s
+        self.images = s.images.to(self.device).requires_grad_(True)
+        self.labels = self.initial_labels(s).to(self.device)
+        self.syn_lr = torch.tensor(float(self.hp["lr_teacher"]), device=self.device).requires_grad_(True)
+        self.opt_img = torch.optim.SGD([self.images], lr=self.hp["lr_img"], momentum=self.config.img_momentum)
+        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=self.hp["lr_lr"], momentum=self.config.lr_momentum)
+        return s
+
+    def initial_labels(self, s: SyntheticSet) -> torch.Tensor:
+        return s.labels
+
+    # -- one iteration ---------------------------------------------------------------------------
+    def draw_segment(self, it: int) -> tuple[int, int]:
+        """(expert, start epoch): MTT draws both uniformly, the start from 0..max_start_epoch."""
+        e = int(torch.randint(self.buffer.num_experts, (1,), generator=self.g))
+        t = int(torch.randint(self.max_start + 1, (1,), generator=self.g))
+        return e, t
+
+    def intermediate_terms(self, e: int, t: int, steps: int, m: int):
+        if self.config.intermediate == "none" or m < 2:
+            return None
+        out = []
+        for i in range(1, m):
+            w = 1.0 if self.config.intermediate == "uniform" else i / m
+            out.append((round(i * steps / m), self.buffer.flat(e, t + i, device=self.device), w))
+        return out
+
+    def choose_mode(self, start, plans) -> str:
+        if self.mode is None:
+            per_step = graph_bytes_per_step(self.model, self.layout, start, self.images, self.labels, self.syn_lr,
+                                            plans[0], self.config.inner_momentum)
+            need = per_step * self.hp["syn_steps"]
+            self.mode = "unrolled" if need < self.config.memory_fraction * available_memory(self.device) else "constant"
+        return self.mode
+
+    def match(self, it: int):
+        e, t = self.draw_segment(it)
+        m = self.hp["expert_epochs"]
+        start = self.buffer.flat(e, t, device=self.device)
+        target = self.buffer.flat(e, t + m, device=self.device)
+        if self.config.weight_perturb:
+            start = perturb_conv_weights(start, self.layout, self.g)
+        plans = draw_plans(len(self.images), self.hp["syn_steps"], self.hp["batch_syn"], self.dsa,
+                           tuple(self.dataset.image_size), self.g, self.device)
+        mids = self.intermediate_terms(e, t, self.hp["syn_steps"], m)
+        fn = unrolled_grad if self.choose_mode(start, plans) == "unrolled" else constant_memory_grad
+        try:
+            res = fn(self.model, self.layout, start, target, self.images, self.labels, self.syn_lr, plans,
+                     momentum=self.config.inner_momentum, learn_labels=self.learn_labels, balanced=self.config.balanced,
+                     intermediate=mids)
+        except ZeroTrajectoryDistance as err:
+            raise DistillationDiverged(f"{self.name}: expert {e} epochs {t} and {t + m}: {err}") from None
+        if not math.isfinite(res.loss):
+            raise DistillationDiverged(f"{self.name}: matching loss became {res.loss} (expert {e}, start epoch {t}); "
+                                       "lower lr_img or lr_lr")
+        return res, e, t
+
+    learn_labels = False
+
+    def apply_update(self, res) -> None:
+        self.opt_img.zero_grad(set_to_none=True)
+        self.opt_lr.zero_grad(set_to_none=True)
+        self.images.grad = res.images_grad
+        self.syn_lr.grad = res.lr_grad.reshape(self.syn_lr.shape)
+        self.opt_img.step()
+        self.opt_lr.step()
+        lr = float(self.syn_lr.detach())
+        if not math.isfinite(lr) or lr <= 0:
+            raise DistillationDiverged(f"{self.name}: the learned student lr became {lr}; lower lr_lr (now "
+                                       f"{self.hp['lr_lr']}) or lr_img")
+
+    def step(self, it: int) -> dict[str, float]:
+        res, e, t = self.match(it)
+        self.apply_update(res)
+        return {"loss": res.loss, "lr": float(self.syn_lr.detach()), "start_epoch": t}
+
+    # -- results and checkpoints -----------------------------------------------------------------
+    def current_images(self) -> torch.Tensor:
+        return self.images.detach()
+
+    def current_set(self) -> SyntheticSet:
+        t = self._template
+        meta = dict(t.meta)
+        meta["hyperparameters"] = dict(self.hp)
+        meta["gradient_mode"] = self.mode
+        return SyntheticSet(self.current_images().cpu().clone(), self.labels.detach().cpu().clone(), t.num_classes,
+                            float(self.syn_lr.detach()), meta, dict(t.extra))
+
+    def state(self):
+        ti, ii = optimizer_state(self.opt_img, "opt_img")
+        tl, il = optimizer_state(self.opt_lr, "opt_lr")
+        tensors = {**ti, **tl, "images": self.images.detach(), "syn_lr": self.syn_lr.detach().reshape(1),
+                   "labels": self.labels.detach()}
+        return tensors, {"opt_img": ii, "opt_lr": il, "mode": self.mode}
+
+    def load_state(self, tensors, info) -> None:
+        with torch.no_grad():
+            self.images.copy_(tensors["images"].to(self.device))
+            self.syn_lr.copy_(tensors["syn_lr"].reshape(()).to(self.device))
+            self.labels.copy_(tensors["labels"].to(self.device))
+        load_optimizer_state(self.opt_img, "opt_img", {k: v for k, v in tensors.items() if k.startswith("opt_img.")},
+                             info["opt_img"])
+        load_optimizer_state(self.opt_lr, "opt_lr", {k: v for k, v in tensors.items() if k.startswith("opt_lr.")},
+                             info["opt_lr"])
+        self.mode = info.get("mode") or self.mode

@@ -1,0 +1,133 @@
+"""MTT / FTD / DATM as `dd distill` methods on a tiny digits buffer: learning, guards, resume, soft labels."""
+import math
+
+import pytest
+import torch
+
+from dd.buffers import TrajectoryStore, record_buffer
+from dd.buffers.config import BufferConfig
+from dd.data import load_dataset
+from dd.methods import METHODS, DistillationDiverged, distill
+from dd.methods.base import config_from_dict
+from dd.methods.datm import start_epoch_bound
+from dd.methods.ftd import ema_update
+from dd.methods.mtt import perturb_conv_weights
+from dd.methods.trajectory import ParamLayout
+from dd.synset import SyntheticSet
+
+TINY = {"syn_steps": 6, "expert_epochs": 1, "max_start_epoch": 2, "lr_img": 10.0, "lr_lr": 1e-5, "lr_teacher": 0.05}
+RUN = {"iterations": 6, "eval_every": 0, "eval_runs": 0, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def buffer(tmp_path_factory):
+    path = tmp_path_factory.mktemp("buf") / "digits"
+    cfg = BufferConfig(dataset="digits", model="convnet", model_options={"width": 8, "depth": 2}, experts=2, epochs=4,
+                       batch_size=128, lr=0.05)
+    record_buffer(cfg, path, device="cpu", progress=False, log=lambda s: None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _method(name, digits, buffer, ipc=2, **cfg):
+    cls = METHODS.get(name)
+    m = cls(config_from_dict(cls.Config, {**TINY, **cfg}), digits, ipc, torch.device("cpu"),
+            torch.Generator().manual_seed(0), buffer=TrajectoryStore(buffer))
+    m.init_synset()
+    return m
+
+
+def test_mtt_reduces_the_matching_loss_on_a_fixed_segment(digits, buffer):
+    m = _method("mtt", digits, buffer, dsa=False, lr_img=100.0)
+    m.draw_segment = lambda it: (0, 1)  # one fixed segment: the loss must go down as images are learned
+    losses = [m.step(i)["loss"] for i in range(8)]
+    assert losses[-1] < 0.9 * losses[0]
+    assert m.current_set().lr != pytest.approx(TINY["lr_teacher"], rel=1e-12)  # the lr is learned too
+
+
+@pytest.mark.parametrize("memory", ["unrolled", "constant"])
+def test_memory_modes_give_the_same_update(digits, buffer, memory):
+    ref = _method("mtt", digits, buffer, memory="unrolled")
+    other = _method("mtt", digits, buffer, memory=memory)
+    for i in range(2):
+        ref.step(i)
+        other.step(i)
+    assert torch.allclose(ref.images, other.images, rtol=1e-4, atol=1e-5)
+
+
+def test_guards_stop_the_run(digits, buffer):
+    m = _method("mtt", digits, buffer, lr_lr=1e6)  # a huge lr step drives the learned lr negative or NaN
+    with pytest.raises(DistillationDiverged, match="lr became"):
+        for i in range(5):
+            m.step(i)
+    with pytest.raises(ValueError, match="expert_epochs"):
+        _method("mtt", digits, buffer, expert_epochs=0)
+    z = _method("mtt", digits, buffer)
+    z.buffer.flat = lambda e, t, device="cpu": torch.ones(z.layout.size)  # start == target: zero distance
+    with pytest.raises(DistillationDiverged, match="zero trajectory distance"):
+        z.step(0)
+
+
+def test_distill_resumes_to_the_same_result_and_records_provenance(tmp_path, buffer):
+    kw = dict(dataset="digits", ipc=1, buffer=buffer, config=TINY, seed=3)
+    straight = distill("mtt", out=tmp_path / "a", run=RUN, **kw)
+    distill("mtt", out=tmp_path / "b", run={**RUN, "iterations": 3}, **kw)  # 'killed' after 3 iterations
+    resumed = distill("mtt", out=tmp_path / "b", run=RUN, **kw)
+    assert torch.equal(straight.synset.images, resumed.synset.images)
+    assert straight.synset.lr == resumed.synset.lr
+    saved = SyntheticSet.load(tmp_path / "b" / "synset.safetensors")
+    assert saved.meta["buffer_sha256"] == TrajectoryStore(buffer).manifest_sha256
+    assert saved.meta["seed"] == 3 and saved.meta["config"]["syn_steps"] == 6 and saved.lr == resumed.synset.lr
+
+
+def test_ftd_keeps_and_saves_an_ema_of_the_images(digits, buffer):
+    m = _method("ftd", digits, buffer, ema_decay=0.5)
+    x0 = m.images.detach().clone()
+    m.step(0)
+    assert torch.allclose(m.current_set().images, 0.5 * x0 + 0.5 * m.images.detach())
+    a = torch.zeros(3)
+    ema_update(a, torch.ones(3), 0.999)
+    assert torch.allclose(a, torch.full((3,), 0.001))
+
+
+def test_datm_init_soft_labels_window_and_skip(digits, buffer):
+    assert [start_epoch_bound(it, 10, 20, 1000) for it in (0, 99, 100, 550, 1000, 5000)] == [10, 10, 11, 15, 20, 20]
+    assert start_epoch_bound(7, None, 20, 1000) == 20
+    m = _method("datm", digits, buffer, ipc=3, threshold=10.0, lr_y=1.0, min_start_epoch=1,
+                current_max_start_epoch=1, expansion_end=100, max_start_epoch=3)
+    store = TrajectoryStore(buffer)
+    final = store.module(0, store.num_epochs - 1)
+    hard = torch.arange(10).repeat_interleave(3)
+    with torch.no_grad():
+        assert torch.equal(final(m.images.detach()).argmax(1), hard)  # only correctly classified reals
+        logits = [store.module(e, store.num_epochs - 1)(m.images.detach()) for e in range(store.num_experts)]
+    right = [(lg.argmax(1) == hard) for lg in logits]
+    expect = sum(lg * r[:, None] for lg, r in zip(logits, right)) / sum(r.float() for r in right)[:, None]
+    assert torch.allclose(m.labels.detach(), expect, atol=1e-5)
+    assert all(m.draw_segment(0)[1] == 1 for _ in range(5))  # window [1, 2) at iteration 0
+    y0 = m.labels.detach().clone()
+    out = m.step(0)
+    assert out["skipped"] == 0.0 and not torch.equal(m.labels.detach(), y0)  # soft labels are learned
+    s = m.current_set()
+    assert s.soft and torch.allclose(s.labels.sum(1), torch.ones(30)) and "label_logits" in s.extra
+    m.hp["threshold"] = 0.0  # every loss exceeds it: the update is skipped
+    x1 = m.images.detach().clone()
+    assert m.step(1)["skipped"] == 1.0 and torch.equal(m.images.detach(), x1)
+
+
+def test_weight_perturbation_scales_conv_weights_elementwise():
+    from dd.models import build_model
+
+    model = build_model("convnet", 1, 3, (8, 8), width=4, depth=1)
+    layout = ParamLayout.of(model)
+    flat = layout.flatten(dict(model.named_parameters())).detach()
+    out = perturb_conv_weights(flat, layout, torch.Generator().manual_seed(0))
+    d = torch.randn(layout.shapes[0], generator=torch.Generator().manual_seed(0))
+    w = layout.unflatten(flat)[layout.names[0]]
+    assert torch.allclose(layout.unflatten(out)[layout.names[0]], w + d / d.norm() * w)
+    for n in layout.names[1:]:  # biases, norm and linear weights untouched
+        assert torch.equal(layout.unflatten(out)[n], layout.unflatten(flat)[n])
