@@ -49,9 +49,10 @@ def scale(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
 
 
 def rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rotates by `angle` radians (N,) about the centre (bilinear, zero outside)."""
+    """Rotates by `angle` radians (N,) anticlockwise as displayed (the DSA code's and kornia's convention)
+    about the centre (bilinear, zero outside)."""
     c, s, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
-    theta = torch.stack([torch.stack([c, s, zero], -1), torch.stack([-s, c, zero], -1)], 1)
+    theta = torch.stack([torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1)], 1)
     return _affine(x, theta.to(x.dtype))
 
 
