@@ -164,7 +164,7 @@ class SyntheticSet:
             s = torch.tensor(norm["std"]).view(1, -1, 1, 1)
             x = x * s + m
         labels = self.hard_labels.cpu()
-        per = max_per_class or self.ipc
+        per = min(max_per_class, self.ipc) if max_per_class else self.ipc
         rows = []
         for c in range(self.num_classes):
             idx = torch.nonzero(labels == c).flatten()[:per]
