@@ -57,8 +57,8 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pr
     targets = labels
     if protocol.labels == "hard" and labels.ndim == 2:
         targets = labels.argmax(1)
-    if protocol.labels == "soft" and labels.ndim == 1:
-        targets = F.one_hot(labels, int(labels.max()) + 1).float()
+    # 'soft' with class ids: cross-entropy on ids equals soft cross-entropy on their one-hot rows (and needs no
+    # guess of the class count from labels.max(), which is wrong when the last class is absent)
     n = len(images)
     model.train()
     start = time.perf_counter()
