@@ -292,3 +292,12 @@ def test_dd_lists_registered_names(capsys):
         assert main([cmd]) == 0
         listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
         assert set(names) <= set(listed) and listed == sorted(listed)
+
+
+def test_dd_eval_full_baseline_defaults_to_30_epochs_not_the_protocols_1000(tmp_path, digits, monkeypatch):
+    monkeypatch.setattr(H, "train_and_test", lambda *a, **k: 0.5)
+    path = digits_set(digits).save(tmp_path / "set.safetensors")
+    assert main(["eval", str(path), "--model", "convnet-w32", "--runs", "1", "--device", "cpu"]) == 0
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert [(r["name"], r["protocol"]["epochs"]) for r in rows] == [("synthetic", 1000), ("random-real", 1000),
+                                                                    ("full", 30)]

@@ -17,7 +17,7 @@ def add_parser(sub, name):
                    help="architecture(s), comma-separated, e.g. convnet-w32,mlp,lenet")
     p.add_argument("--protocol", default="hard", help="hard (DC/MTT), soft (label distributions)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (protocol default 1000)")
-    p.add_argument("--full-epochs", type=int, default=None, help="epochs for the full-data baseline (default --epochs)")
+    p.add_argument("--full-epochs", type=int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")
     p.add_argument("--lr", type=float, default=None, help="override the protocol lr (and ignore a learned lr)")
     p.add_argument("--runs", type=int, default=5, help="fresh networks per row")
     p.add_argument("--no-baselines", action="store_true", help="with a set: do not add the random/full rows")
@@ -48,7 +48,7 @@ def run(args) -> int:
     if "random" in baselines and args.ipc is None and synset is None:
         raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
-                          full_epochs=args.full_epochs or args.epochs, full_runs=args.runs if args.baseline else 1,
+                          full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
                           device=args.device, seed=args.seed)
     for r in report.rows:
         print(r)
