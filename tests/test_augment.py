@@ -41,6 +41,16 @@ def test_rotate_small_angle_keeps_centre_and_zero_angle_is_identity():
     torch.testing.assert_close(out[:, :, 2, 2], x[:, :, 2, 2], atol=1e-6, rtol=0)  # the centre pixel is fixed
 
 
+def test_rotate_and_scale_match_kornia_on_square_images():
+    import kornia.geometry.transform as kt  # an independent implementation (a dd dependency)
+
+    x = torch.randn(2, 3, 7, 7, dtype=torch.float64)
+    deg = torch.tensor([15.0, -11.0], dtype=torch.float64)
+    torch.testing.assert_close(D.rotate(x, deg * math.pi / 180), kt.rotate(x, deg, align_corners=True))
+    s = torch.tensor([[1.2, 0.9], [0.85, 1.1]], dtype=torch.float64)  # (sx, sy): sampling at s * u zooms by 1 / s
+    torch.testing.assert_close(D.scale(x, s[:, 0], s[:, 1]), kt.scale(x, 1 / s, align_corners=True))
+
+
 def test_scale_samples_at_scaled_coordinates():
     x = torch.arange(25.0).view(1, 1, 5, 5)  # value = 5 * row + col
     # sx = sy = 0.5: output pixel j samples input coordinate 1 + j/2 (zoom in), so out = 6 + 2.5 i + 0.5 j

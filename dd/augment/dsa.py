@@ -50,7 +50,8 @@ def scale(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor) -> torch.Tensor:
 
 def rotate(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rotates by `angle` radians (N,) anticlockwise as displayed (the DSA code's and kornia's convention)
-    about the centre (bilinear, zero outside)."""
+    about the centre (bilinear, zero outside); like the DSA code it rotates normalized coordinates, which is a
+    rigid rotation for square images."""
     c, s, zero = torch.cos(angle), torch.sin(angle), torch.zeros_like(angle)
     theta = torch.stack([torch.stack([c, -s, zero], -1), torch.stack([s, c, zero], -1)], 1)
     return _affine(x, theta.to(x.dtype))
