@@ -6,5 +6,6 @@ from dd.methods import dm as _dm  # noqa: F401  (each import registers a method)
 from dd.methods import mtt as _mtt  # noqa: F401
 from dd.methods import ftd as _ftd  # noqa: F401
 from dd.methods import datm as _datm  # noqa: F401
+from dd.methods import datadam as _datadam  # noqa: F401
 
 __all__ = ["METHODS", "DistillResult", "DistillationDiverged", "Method", "MethodConfig", "RunConfig", "distill"]

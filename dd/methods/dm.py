@@ -1,19 +1,24 @@
 """DM, distribution matching (Zhao & Bilen, WACV 2023): match per-class mean embeddings of random networks.
 
 Loss per class: || mean_i f(real_i) - mean_j f(syn_j) ||^2 with f a freshly initialized, frozen network
-and the same siamese DSA draw on both batches. DataDAM (`datadam.py`) extends the per-class loss.
+and the same siamese DSA draw on both batches of a class. DataDAM (`datadam.py`) reuses this loop and
+adds spatial-attention terms; the FYI flip option (`fyi.py`) is available to both.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from dd.augment.dsa import DSA, DSAParams
 from dd.methods.base import Method, MethodConfig, load_optimizer_state, optimizer_state
+from dd.methods.fyi import mirror_augmented, warn_if_unflippable
 from dd.methods.registry import METHODS
 from dd.models import build_model
 from dd.synset import SyntheticSet
+
+__all__ = ["DM", "DMConfig", "embedding_mmd", "mirror_augmented"]
 
 
 @dataclass
@@ -24,16 +29,12 @@ class DMConfig(MethodConfig):
     momentum: float = 0.5
     batch_real: int = 256
     flip: bool = False  # FYI (Flip Your Images): match the synthetic batch together with its mirror
+    norm: Optional[str] = None  # normalization of the random networks (None: the architecture's own; 'batch', ...)
 
 
 def embedding_mmd(real_feat: torch.Tensor, syn_feat: torch.Tensor) -> torch.Tensor:
     """Squared distance of mean embeddings (linear-kernel MMD)."""
     return ((real_feat.mean(0) - syn_feat.mean(0)) ** 2).sum()
-
-
-def mirror_augmented(syn: torch.Tensor) -> torch.Tensor:
-    """FYI: the synthetic batch together with its horizontal mirror."""
-    return torch.cat([syn, syn.flip(3)])
 
 
 @METHODS.register("dm", help="distribution matching: mean embeddings of random networks (Zhao & Bilen 2023)")
@@ -43,31 +44,45 @@ class DM(Method):
     name = "dm"
     Config = DMConfig
 
+    def lr_img(self) -> float:
+        return self.config.lr_img
+
     def init_synset(self) -> SyntheticSet:
+        if self.config.batch_real < 1:
+            raise ValueError(f"batch_real must be >= 1, got {self.config.batch_real}")
+        warn_if_unflippable(self.config.flip, self.dataset.flip_ok, self.dataset.name)
         s = self.initial_set()
         self._template = s
         self.images = s.images.to(self.device).requires_grad_(True)
         self.labels = s.labels.to(self.device)
-        self.opt = torch.optim.SGD([self.images], lr=self.config.lr_img, momentum=self.config.momentum)
+        self.opt = torch.optim.SGD([self.images], lr=self.lr_img(), momentum=self.config.momentum)
         self.dsa = (DSA(DSAParams(strategy=self.config.dsa_strategy), allow_flip=self.dataset.flip_ok)
                     if self.config.dsa else None)
         self.class_index = [torch.nonzero(self.labels == c).flatten() for c in range(self.dataset.num_classes)]
         return s
 
+    def build_network(self) -> torch.nn.Module:
+        """The distillation architecture (config.model, with config.norm when set), from the current torch RNG."""
+        opts = {} if self.config.norm is None else {"norm": self.config.norm}
+        try:
+            return build_model(self.config.model, self.dataset.channels, self.dataset.num_classes,
+                               self.dataset.image_size, **opts)
+        except TypeError as e:
+            raise ValueError(f"model '{self.config.model}' does not take norm={self.config.norm!r} ({e}); "
+                             "leave the option 'norm' unset for this architecture") from e
+
     def random_network(self) -> torch.nn.Module:
+        """A fresh network (seeded from the method's generator), frozen, in train mode (batch statistics)."""
         with self.seeded():
-            net = build_model(self.config.model, self.dataset.channels, self.dataset.num_classes, self.dataset.image_size)
+            net = self.build_network()
         net = net.to(self.device).train()
         for p in net.parameters():
             p.requires_grad_(False)
         return net
 
-    def class_loss(self, net: torch.nn.Module, real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
-        return embedding_mmd(net.features(real), net.features(syn))
-
-    def step(self, it: int) -> dict[str, float]:
-        net = self.random_network()
-        loss = torch.zeros((), device=self.device)
+    def class_batches(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per class: a real batch and the synthetic images (with their mirrors under FYI), one siamese DSA draw each."""
+        reals, syns = [], []
         for c, idx in enumerate(self.class_index):
             real = self.real.sample(c, self.config.batch_real, self.g)
             syn = self.images[idx]
@@ -75,11 +90,26 @@ class DM(Method):
                 syn = mirror_augmented(syn)
             if self.dsa is not None:
                 real, syn = self.dsa.siamese(real, syn, generator=self.g)
-            loss = loss + self.class_loss(net, real, syn)
+            reals.append(real)
+            syns.append(syn)
+        return reals, syns
+
+    def matching_loss(self, net: torch.nn.Module, reals: list[torch.Tensor], syns: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sum over classes of the embedding MMD; one forward pass per side (batch norm sees every class, as in DM's code)."""
+        with torch.no_grad():
+            real_feat = net.features(torch.cat(reals)).split([len(r) for r in reals])
+        syn_feat = net.features(torch.cat(syns)).split([len(s) for s in syns])
+        loss = sum(embedding_mmd(r, s) for r, s in zip(real_feat, syn_feat))
+        return {"loss": loss}
+
+    def step(self, it: int) -> dict[str, float]:
+        net = self.random_network()
+        reals, syns = self.class_batches()
+        terms = self.matching_loss(net, reals, syns)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         self.opt.step()
-        return {"loss": float(loss.detach())}
+        return {k: float(v.detach()) for k, v in terms.items()}
 
     def current_set(self) -> SyntheticSet:
         t = self._template
