@@ -96,3 +96,16 @@ def test_layout_unflatten_views_follow_named_parameters_order():
     assert views[layout.names[0]].data_ptr() == flat.data_ptr()  # views, not copies
     with pytest.raises(ValueError, match="needs"):
         layout.unflatten(flat[:-1])
+
+
+@pytest.mark.parametrize("name", ["convnet", "convnet-maxpool", "convnet-gn"])
+def test_functional_convnet_forward_equals_the_module(name):
+    from dd.methods.trajectory import ConvNetForward
+
+    model = build_model(name, 1, 3, (8, 8), width=4, depth=2)
+    fwd = ConvNetForward.of(model)
+    assert not isinstance(fwd, torch.nn.Module)
+    x = torch.randn(5, 1, 8, 8)
+    params = dict(model.named_parameters())
+    assert torch.allclose(fwd(params, x), model(x), atol=1e-6)
+    assert ConvNetForward.of(build_model("convnet-bn", 1, 3, (8, 8), width=4, depth=1)).__class__.__name__ != "ConvNetForward"

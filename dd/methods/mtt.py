@@ -17,7 +17,7 @@ import torch
 from dd.augment.dsa import DSA, DSAParams
 from dd.methods.base import DistillationDiverged, Method, MethodConfig, load_optimizer_state, optimizer_state
 from dd.methods.registry import METHODS
-from dd.methods.trajectory import (ParamLayout, ZeroTrajectoryDistance, constant_memory_grad, draw_plans,
+from dd.methods.trajectory import (ConvNetForward, ParamLayout, ZeroTrajectoryDistance, constant_memory_grad, draw_plans,
                                    graph_bytes_per_step, unrolled_grad)
 from dd.methods.trajectory_presets import mtt_defaults
 from dd.models import build_model
@@ -104,6 +104,7 @@ class MTT(Method):
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.layout = ParamLayout.of(self.model)
+        self.forward = ConvNetForward.of(self.model)  # plain functional ops for ConvNets, the module otherwise
         names = tuple(getattr(store, "param_names", self.layout.names))
         if names != self.layout.names:
             raise ValueError(f"the buffer's parameters {names[:3]}... do not match model '{name}' "
@@ -143,7 +144,7 @@ class MTT(Method):
 
     def choose_mode(self, start, plans) -> str:
         if self.mode is None:
-            per_step = graph_bytes_per_step(self.model, self.layout, start, self.images, self.labels, self.syn_lr,
+            per_step = graph_bytes_per_step(self.forward, self.layout, start, self.images, self.labels, self.syn_lr,
                                             plans[0], self.config.inner_momentum)
             need = per_step * self.hp["syn_steps"]
             self.mode = "unrolled" if need < self.config.memory_fraction * available_memory(self.device) else "constant"
@@ -161,7 +162,7 @@ class MTT(Method):
         mids = self.intermediate_terms(e, t, self.hp["syn_steps"], m)
         fn = unrolled_grad if self.choose_mode(start, plans) == "unrolled" else constant_memory_grad
         try:
-            res = fn(self.model, self.layout, start, target, self.images, self.labels, self.syn_lr, plans,
+            res = fn(self.forward, self.layout, start, target, self.images, self.labels, self.syn_lr, plans,
                      momentum=self.config.inner_momentum, learn_labels=self.learn_labels, balanced=self.config.balanced,
                      intermediate=mids)
         except ZeroTrajectoryDistance as err:

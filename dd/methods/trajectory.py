@@ -54,6 +54,57 @@ class ParamLayout:
         return torch.cat([params[n].reshape(-1) for n in self.names])
 
 
+class ConvNetForward:
+    """The ConvNet family's forward as plain torch.nn.functional calls over a parameter dict.
+
+    Same math as `functional_call(model, params, (x,))`, without swapping module attributes on every call
+    (which dominates the inner loop's time for small nets); `of(model)` falls back to the module otherwise.
+    """
+
+    def __init__(self, ops: list, classifier: str):
+        self.ops, self.classifier = ops, classifier
+
+    @classmethod
+    def of(cls, model: nn.Module):
+        """A ConvNetForward for dd's ConvNet (any norm/activation/pooling it supports), else `model` itself."""
+        from dd.models.convnet import ConvNet
+
+        if type(model) is not ConvNet:
+            return model
+        ops = []
+        for i, block in enumerate(model.blocks):
+            for j, layer in enumerate(block):
+                pre = f"blocks.{i}.{j}."
+                if isinstance(layer, nn.Conv2d):
+                    ops.append(("conv", pre, layer.stride, layer.padding))
+                elif isinstance(layer, nn.GroupNorm):
+                    ops.append(("group_norm", pre, layer.num_groups, layer.eps))
+                elif isinstance(layer, nn.ReLU):
+                    ops.append(("relu",))
+                elif isinstance(layer, nn.AvgPool2d):
+                    ops.append(("avg_pool", layer.kernel_size, layer.stride))
+                elif isinstance(layer, nn.MaxPool2d):
+                    ops.append(("max_pool", layer.kernel_size, layer.stride))
+                else:  # batch/layer norm, other activations: the module path handles them
+                    return model
+        return cls(ops, "classifier.")
+
+    def __call__(self, p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        for op in self.ops:
+            kind = op[0]
+            if kind == "conv":
+                x = F.conv2d(x, p[op[1] + "weight"], p[op[1] + "bias"], op[2], op[3])
+            elif kind == "group_norm":
+                x = F.group_norm(x, op[2], p[op[1] + "weight"], p[op[1] + "bias"], op[3])
+            elif kind == "relu":
+                x = F.relu(x)
+            elif kind == "avg_pool":
+                x = F.avg_pool2d(x, op[1], op[2])
+            else:
+                x = F.max_pool2d(x, op[1], op[2])
+        return F.linear(x.flatten(1), p[self.classifier + "weight"], p[self.classifier + "bias"])
+
+
 @dataclass
 class StepPlan:
     """The randomness of one inner step, drawn ahead so that every gradient mode replays it exactly."""
@@ -94,7 +145,8 @@ def inner_loss(model: nn.Module, layout: ParamLayout, flat: torch.Tensor, images
     x, y = images[plan.index], labels[plan.index]
     if plan.family is not None:
         x = dsa_apply(plan.family, x, plan.params)
-    logits = functional_call(model, layout.unflatten(flat), (x,))
+    params = layout.unflatten(flat)
+    logits = functional_call(model, params, (x,)) if isinstance(model, nn.Module) else model(params, x)
     if y.ndim == 2:
         per = -(F.softmax(y, dim=1) * F.log_softmax(logits, dim=1)).sum(1)
         cls = y.argmax(1)
