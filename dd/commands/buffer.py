@@ -14,6 +14,8 @@ def add_parser(sub, name):
                                    "buffer ...` to share the experts among K processes.")
     p.add_argument("--dataset", default="mnist10k")
     p.add_argument("--model", default="convnet", help="architecture (see `dd models`)")
+    p.add_argument("--model-option", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra model constructor argument, e.g. --model-option width=16 (repeatable)")
     p.add_argument("--experts", type=int, default=None, help="number of experts (default 100)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per expert; epochs 0..E are stored (default 50)")
     p.add_argument("--expert-kind", choices=EXPERT_KINDS, default="mtt",
@@ -41,7 +43,7 @@ def run(args) -> int:
 
     if not args.out:
         raise ValueError("dd buffer needs --out DIR (the buffer directory)")
-    cfg = preset(args.expert_kind, dataset=args.dataset, model=args.model, experts=args.experts, epochs=args.epochs,
+    cfg = preset(args.expert_kind, dataset=args.dataset, model=args.model, model_options=parse_options(args.model_options), experts=args.experts, epochs=args.epochs,
                  lr=args.lr, batch_size=args.batch, momentum=args.momentum, weight_decay=args.weight_decay,
                  lr_decay_epoch=args.lr_decay_epoch, lr_decay=args.lr_decay, dsa=args.dsa, zca=args.zca,
                  rho=args.rho, alpha=args.alpha, gp_lambda=args.gp_lambda, clip_epochs=args.clip_epochs,
@@ -55,3 +57,19 @@ def run(args) -> int:
         accs = ", ".join(f"{100 * store.final_accuracy(k):.2f}" for k in range(store.num_experts))
         print(f"{store}\nfinal test accuracy per expert (%): {accs}")
     return 0
+
+
+def parse_options(items: list[str]) -> dict:
+    """KEY=VALUE strings -> dict; values are read as JSON when they parse (16, 0.5, true), else kept as text."""
+    import json
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--model-option expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v.strip()
+    return out
