@@ -131,3 +131,23 @@ def test_weight_perturbation_scales_conv_weights_elementwise():
     assert torch.allclose(layout.unflatten(out)[layout.names[0]], w + d / d.norm() * w)
     for n in layout.names[1:]:  # biases, norm and linear weights untouched
         assert torch.equal(layout.unflatten(out)[n], layout.unflatten(flat)[n])
+
+
+def test_kmeans_nearest_picks_cluster_representatives():
+    from dd.methods.mtt import kmeans_nearest
+
+    pts = torch.tensor([[0.0, 0], [0.1, 0], [0.2, 0], [10, 10], [10.1, 10], [10.2, 10]])
+    idx = kmeans_nearest(pts, 2, torch.Generator().manual_seed(0))
+    assert sorted(idx.tolist()) == [1, 4]  # the points nearest each cluster's mean
+    line = torch.tensor([[0.0], [1.0], [2.0], [10.0]])  # mean 3.25
+    assert kmeans_nearest(line, 1, torch.Generator().manual_seed(0)).tolist() == [2]  # IPC 1: the image nearest the mean
+
+
+def test_representative_init_and_balanced_loss_run(digits, buffer):
+    m = _method("mtt", digits, buffer, init="kmeans", balanced=True, intermediate="linear", expert_epochs=2,
+                inner_momentum=0.9, weight_perturb=True)
+    real = digits.real()
+    s = m.current_set()
+    for img, y in zip(s.images, s.labels):  # every image is a real image of its class
+        assert (real.all_of(int(y)) - img).flatten(1).abs().sum(1).min() == 0
+    assert math.isfinite(m.step(0)["loss"])

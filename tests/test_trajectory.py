@@ -109,3 +109,17 @@ def test_functional_convnet_forward_equals_the_module(name):
     params = dict(model.named_parameters())
     assert torch.allclose(fwd(params, x), model(x), atol=1e-6)
     assert ConvNetForward.of(build_model("convnet-bn", 1, 3, (8, 8), width=4, depth=1)).__class__.__name__ != "ConvNetForward"
+
+
+def test_balanced_inner_loss_averages_per_class_means():
+    import torch.nn.functional as F
+
+    from dd.methods.trajectory import StepPlan, inner_loss
+
+    model, layout, start, _, images, _ = _tiny()
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])
+    plan = StepPlan(torch.arange(6))
+    per = F.cross_entropy(model(images), labels, reduction="none")
+    expect = (per[:3].mean() + per[3] + per[4:].mean()) / 3
+    assert float(inner_loss(model, layout, start, images, labels, plan, balanced=True)) == pytest.approx(float(expect))
+    assert float(inner_loss(model, layout, start, images, labels, plan)) == pytest.approx(float(per.mean()))

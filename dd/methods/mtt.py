@@ -59,6 +59,25 @@ def perturb_conv_weights(flat: torch.Tensor, layout: ParamLayout, g: torch.Gener
     return layout.flatten(params)
 
 
+def kmeans_nearest(x: torch.Tensor, k: int, g: torch.Generator, iters: int = 25) -> torch.Tensor:
+    """Indices of the k distinct rows of x nearest the centers of a k-means clustering (Lloyd, seeded init)."""
+    if len(x) < k:
+        raise ValueError(f"k-means init needs at least ipc={k} images per class, got {len(x)}")
+    centers = x[torch.randperm(len(x), generator=g)[:k].to(x.device)].clone()
+    for _ in range(iters):
+        assign = torch.cdist(x, centers).argmin(1)
+        for j in range(k):
+            members = x[assign == j]
+            if len(members):
+                centers[j] = members.mean(0)
+    d = torch.cdist(centers, x)
+    chosen: list[int] = []
+    for j in range(k):
+        order = d[j].argsort()
+        chosen.append(int(next(i for i in order.tolist() if i not in chosen)))
+    return torch.tensor(chosen, device=x.device)
+
+
 def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
@@ -114,13 +133,31 @@ class MTT(Method):
 
     # -- setup -----------------------------------------------------------------------------------
     def init_synset(self) -> SyntheticSet:
-        s = self.initial_set()
+        s = self.representative_set() if self.config.init == "kmeans" else self.initial_set()
         self._template = s
         self.images = s.images.to(self.device).requires_grad_(True)
         self.labels = self.initial_labels(s).to(self.device)
         self.syn_lr = torch.tensor(float(self.hp["lr_teacher"]), device=self.device).requires_grad_(True)
         self.opt_img = torch.optim.SGD([self.images], lr=self.hp["lr_img"], momentum=self.config.img_momentum)
         self.opt_lr = torch.optim.SGD([self.syn_lr], lr=self.hp["lr_lr"], momentum=self.config.lr_momentum)
+        return s
+
+    def representative_set(self) -> SyntheticSet:
+        """AST's representative init: per class, k-means (k = ipc) on the final expert's logits of the real
+        images, then the real image nearest each center (distinct images; IPC 1 takes the one nearest the mean)."""
+        store, k = self.buffer, self.dataset.num_classes
+        params = self.layout.unflatten(store.flat(0, store.num_epochs - 1, device=self.device))
+        picks = []
+        for c in range(k):
+            pool = self.real.all_of(c)
+            with torch.no_grad():
+                feats = torch.cat([self.forward(params, b) if not isinstance(self.forward, torch.nn.Module)
+                                   else torch.func.functional_call(self.forward, params, (b,)) for b in pool.split(512)])
+            idx = kmeans_nearest(feats, self.ipc, self.g)
+            picks.append(pool[idx])
+        s = SyntheticSet.from_real(self.dataset, self.ipc, torch.Generator().manual_seed(0), method=self.name)
+        s.images = torch.cat(picks).cpu()
+        s.meta["init"] = "kmeans"
         return s
 
     def initial_labels(self, s: SyntheticSet) -> torch.Tensor:
