@@ -104,7 +104,8 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], cfg: BufferConfig,
 
     meta = {"format": SHARD_FORMAT, "expert": str(k), "seed": str(cfg.expert_seed(k)), "epochs": str(cfg.epochs),
             "config_sha256": config_sha256(cfg), "final_test_accuracy": repr(float(acc))}
-    atomic_write_bytes(path, save(tensors, metadata=meta))
+    # one metadata key: safetensors keeps metadata in a hash map whose order changes from process to process
+    atomic_write_bytes(path, save(tensors, metadata={"dd": json.dumps(meta, sort_keys=True)}))
 
 
 def read_shard_header(path: Path) -> Optional[dict]:
@@ -113,7 +114,9 @@ def read_shard_header(path: Path) -> Optional[dict]:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
+            meta = f.metadata() or {}
+        # (shards of the first release kept the fields as separate metadata keys)
+        return json.loads(meta["dd"]) if "dd" in meta else (meta if meta.get("format") == SHARD_FORMAT else None)
     except Exception:
         return None
 
