@@ -151,3 +151,13 @@ def test_representative_init_and_balanced_loss_run(digits, buffer):
     for img, y in zip(s.images, s.labels):  # every image is a real image of its class
         assert (real.all_of(int(y)) - img).flatten(1).abs().sum(1).min() == 0
     assert math.isfinite(m.step(0)["loss"])
+
+
+def test_auto_memory_mode_switches_to_constant_when_the_graph_would_not_fit(digits, buffer):
+    roomy = _method("mtt", digits, buffer, memory="auto")
+    roomy.step(0)
+    tight = _method("mtt", digits, buffer, memory="auto", memory_fraction=1e-12)  # no room for any unrolled graph
+    tight.step(0)
+    assert roomy.mode == "unrolled" and tight.mode == "constant"
+    assert tight.current_set().meta["gradient_mode"] == "constant"
+    assert torch.allclose(roomy.images, tight.images, rtol=1e-4, atol=1e-5)  # same draws, same exact gradient
