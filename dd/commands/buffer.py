@@ -44,7 +44,8 @@ def run(args) -> int:
     if not args.out:
         raise ValueError("dd buffer needs --out DIR (the buffer directory)")
     cfg = preset(args.expert_kind, dataset=args.dataset, model=args.model, model_options=parse_options(args.model_options),
-                 experts=args.experts, epochs=args.epochs, lr=args.lr, batch_size=args.batch, momentum=args.momentum, weight_decay=args.weight_decay,
+                 experts=args.experts, epochs=args.epochs, lr=args.lr, batch_size=args.batch, momentum=args.momentum,
+                 weight_decay=args.weight_decay,
                  lr_decay_epoch=args.lr_decay_epoch, lr_decay=args.lr_decay, dsa=args.dsa, zca=args.zca,
                  rho=args.rho, alpha=args.alpha, gp_lambda=args.gp_lambda, clip_epochs=args.clip_epochs,
                  seed=args.seed, storage_dtype=args.dtype)
