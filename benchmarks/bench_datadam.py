@@ -1,0 +1,165 @@
+"""Seconds per iteration and peak memory of DataDAM at IPC 1/10/50, as ratios to trajectory matching (MTT).
+
+Same machine, dataset (mnist10k), distillation model (convnet-w32) and IPC for both methods. Each
+(method, IPC) runs in a fresh subprocess: peak memory is the resident set's peak over the
+steps, sampled every 2 ms (CPU; tracemalloc does not see torch's allocator) or torch.cuda.max_memory_allocated (CUDA).
+MTT needs an expert buffer: a 1-expert, 3-epoch one is recorded once into --buffer (its contents do not
+change MTT's per-iteration cost, which depends on syn_steps and the set size; max_start_epoch is set to 0
+so the short buffer suffices). When `mtt` is not registered the script says so and reports DataDAM alone.
+
+    .venv/bin/python benchmarks/bench_datadam.py [--ipcs 1,10,50] [--iters 3] [--device auto] [--md out.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+DATASET, MODEL = "mnist10k", "convnet-w32"
+DEFAULT_BUFFER = Path(__file__).resolve().parent.parent / "runs" / "bench_cache" / "mtt_buffer_mnist10k_convnet-w32"
+
+
+def _rss_mib() -> float:
+    """This process's current resident set (Linux /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _PeakRSS:
+    """Samples the resident set every 2 ms in a thread: the max over the steps (ru_maxrss would keep setup's peak)."""
+
+    def __init__(self):
+        self.peak, self._stop = _rss_mib(), threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mib())
+            time.sleep(0.002)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, _rss_mib())
+
+
+def worker(method: str, ipc: int, iters: int, device: str, buffer: str | None) -> dict:
+    """Builds the method, one warm-up step, then `iters` timed steps; returns seconds/iteration and peak memory."""
+    import torch
+
+    from dd.data import load_dataset
+    from dd.methods import METHODS
+    from dd.methods.base import config_from_dict
+    from dd.methods.driver import open_buffer
+    from dd.utils import resolve_device
+
+    dev = resolve_device(device)
+    ds = load_dataset(DATASET)
+    cls = METHODS.get(method)
+    opts = {"model": MODEL}
+    if method == "mtt":
+        opts["max_start_epoch"] = 0
+    cfg = config_from_dict(cls.Config, opts)
+    store = open_buffer(buffer, ds, MODEL) if cls.needs_buffer else None
+    m = cls(cfg, ds, ipc, dev, torch.Generator().manual_seed(0), buffer=store)
+    m.init_synset()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        base = _rss_mib()
+    with _PeakRSS() as rss:
+        m.step(0)  # warm-up (allocator, lazy init); counted in the peak, not in the time
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        for it in range(1, iters + 1):
+            m.step(it)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        sec = (time.perf_counter() - t0) / iters
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else rss.peak) - base
+    return {"method": method, "ipc": ipc, "sec_per_it": sec, "peak_mib": peak, "device": str(dev),
+            "memory": "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS over the steps minus RSS before"}
+
+
+def ensure_buffer(path: Path, device: str) -> Path:
+    """Records the small timing buffer once (reused by later runs)."""
+    if (path / "manifest.json").exists():
+        return path
+    from dd.buffers.config import BufferConfig
+    from dd.buffers.recorder import record_buffer
+
+    print(f"recording a 1-expert, 3-epoch {MODEL} buffer on {DATASET} into {path} (once) ...", flush=True)
+    record_buffer(BufferConfig(dataset=DATASET, model=MODEL, experts=1, epochs=3), path, device=device, progress=False)
+    return path
+
+
+def measure(method: str, ipc: int, iters: int, device: str, buffer: Path | None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", method, "--ipc", str(ipc), "--iters", str(iters), "--device", device]
+    if buffer is not None:
+        cmd += ["--buffer", str(buffer)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{method} ipc {ipc} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ipcs", default="1,10,50")
+    p.add_argument("--iters", type=int, default=3, help="timed iterations per configuration (after one warm-up)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--buffer", default=str(DEFAULT_BUFFER), help="MTT expert buffer (recorded here when missing)")
+    p.add_argument("--md", default=None, help="also write the table to this markdown file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ipc", type=int, default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.ipc, a.iters, a.device, a.buffer)))
+        return 0
+
+    from dd.methods import METHODS
+
+    have_mtt = "mtt" in METHODS
+    buffer = ensure_buffer(Path(a.buffer), a.device) if have_mtt else None
+    rows = []
+    for ipc in [int(x) for x in a.ipcs.split(",")]:
+        dam = measure("datadam", ipc, a.iters, a.device, None)
+        mtt = measure("mtt", ipc, a.iters, a.device, buffer) if have_mtt else None
+        rows.append((ipc, dam, mtt))
+        print(json.dumps({"ipc": ipc, "datadam": dam, "mtt": mtt}), flush=True)
+    lines = [f"DataDAM vs MTT on {DATASET}, {MODEL}, device {rows[0][1]['device']}, {a.iters} timed iterations "
+             f"(peak memory: {rows[0][1]['memory']})", "",
+             "| IPC | DataDAM s/it | MTT s/it | time ratio DataDAM/MTT | DataDAM peak MiB | MTT peak MiB | memory ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for ipc, dam, mtt in rows:
+        if mtt is None:
+            lines.append(f"| {ipc} | {dam['sec_per_it']:.3f} | absent | - | {dam['peak_mib']:.0f} | absent | - |")
+        else:
+            lines.append(f"| {ipc} | {dam['sec_per_it']:.3f} | {mtt['sec_per_it']:.3f} | "
+                         f"{dam['sec_per_it'] / mtt['sec_per_it']:.2f} | {dam['peak_mib']:.0f} | {mtt['peak_mib']:.0f} | "
+                         f"{dam['peak_mib'] / max(mtt['peak_mib'], 1e-9):.2f} |")
+    if not have_mtt:
+        lines += ["", "trajectory matching (`mtt`) is not registered in this checkout: no ratios were computed"]
+    text = "\n".join(lines)
+    print(text)
+    if a.md:
+        from dd.utils import atomic_write_text
+
+        atomic_write_text(a.md, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
