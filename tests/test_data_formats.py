@@ -146,6 +146,45 @@ def test_cifar10_batches(tmp_path):
     assert ds.mean == CIFAR10_MEAN and ds.std == CIFAR10_STD
 
 
+def _py2_str(s) -> bytes:
+    """A Python 2 `str` in pickle protocol 2 (SHORT_BINSTRING / BINSTRING), as in the official CIFAR files."""
+    b = s.encode("latin1") if isinstance(s, str) else s
+    return b"U" + bytes([len(b)]) + b if len(b) < 256 else b"T" + struct.pack("<I", len(b)) + b
+
+
+def _py2_uint8_matrix(a: np.ndarray) -> bytes:
+    """The opcodes numpy 1.x under Python 2 wrote for a uint8 (n, d) array: _reconstruct, then ndarray.__setstate__."""
+    n, d = a.shape
+    dtype = (b"cnumpy\ndtype\n" + _py2_str("u1") + b"K\x00K\x01\x87R(K\x03" + _py2_str("|")
+             + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + _py2_str("b") + b"\x87R("
+            + b"K\x01M" + struct.pack("<H", n) + b"M" + struct.pack("<H", d) + b"\x86" + dtype
+            + b"\x89" + _py2_str(a.tobytes()) + b"tb")
+
+
+def _py2_int_list(values) -> bytes:
+    return b"](" + b"".join(b"K" + bytes([v]) for v in values) + b"e"
+
+
+def test_cifar10_reads_python2_pickles(tmp_path):
+    """The official batches are Python 2 pickles with str keys and numpy.core globals; latin1 decoding reads them."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rows = {}
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        rows[name] = cifar_rows(1, 50 + i)
+        stream = (b"\x80\x02}(" + _py2_str("data") + _py2_uint8_matrix(rows[name])
+                  + _py2_str("labels") + _py2_int_list([i]) + b"u.")
+        (folder / name).write_bytes(stream)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(b"\x80\x02}(" + _py2_str("label_names") + b"](" + b"".join(_py2_str(n) for n in names) + b"eu.")
+    ds = load_dataset("cifar10", root=str(tmp_path))
+    assert ds.train_labels.tolist() == [0, 1, 2, 3, 4] and ds.test_labels.tolist() == [5]
+    assert ds.class_names == names
+    v = rows["data_batch_4"][0, 2 * 1024 + 10 * 32 + 20]  # blue, row 10, column 20 of train image 3
+    assert ds.train_images[3, 2, 10, 20].item() == pytest.approx((v / 255 - CIFAR10_MEAN[2]) / CIFAR10_STD[2], abs=1e-5)
+
+
 def test_cifar100_fine_labels(tmp_path):
     folder = tmp_path / "cifar-100-python"
     train = cifar_rows(4, 1)
@@ -270,6 +309,25 @@ def test_subset_reads_only_its_classes_in_mtt_order(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"n03888257 \(parachute\)") as e:
         load_dataset("imagenette", root=str(tmp_path))
     assert str(tmp_path / "val") in str(e.value)
+
+
+@pytest.mark.parametrize("resize", ["center", "stretch"])
+def test_large_jpeg_reduced_decode_matches_full_decode(tmp_path, resize):
+    """Big JPEGs are decoded at reduced DCT scale; the result must match a full decode + resize within a few levels."""
+    from dd.data.folders import load_image
+
+    yy, xx = np.mgrid[0:300, 0:400]
+    img = np.stack([xx * 255 // 399, yy * 255 // 299, (xx + yy) * 255 // 698], -1).astype(np.uint8)
+    save_image(tmp_path / "big.JPEG", img, "JPEG")
+    got = load_image(tmp_path / "big.JPEG", 64, resize).astype(float)
+    with Image.open(tmp_path / "big.JPEG") as im:  # reference: full-size decode, then the same geometry
+        im = im.convert("RGB")
+        if resize == "stretch":
+            ref = im.resize((64, 64), Image.BILINEAR)
+        else:
+            ref = im.resize((85, 64), Image.BILINEAR).crop((10, 0, 74, 64))  # 400x300 -> 85.3x64, center 64 columns
+    assert got.shape == (64, 64, 3)
+    assert np.abs(got - np.asarray(ref, dtype=float)).mean() < 2.0
 
 
 def test_imagefolder_missing_dir_names_path(tmp_path):

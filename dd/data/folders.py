@@ -7,6 +7,7 @@ float32 tensors, like every other dd dataset. That suits Tiny-ImageNet (100k x 3
 """
 from __future__ import annotations
 
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,6 +73,10 @@ def load_image(path: Path, res: int, resize: str = "center") -> np.ndarray:
 
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if im.format == "JPEG" and min(w, h) >= 2 * res:  # libjpeg decodes at 1/2..1/8 scale, keeping >= target
+                s = res / min(w, h)
+                im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)) if resize == "center" else (res, res))
             im = im.convert("RGB")
             w, h = im.size
             if (w, h) != (res, res):
