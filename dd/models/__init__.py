@@ -10,13 +10,11 @@ from torch import nn
 
 from dd.models.registry import MODELS
 from dd.models import convnet as _convnet  # noqa: F401  (registers the ConvNet family)
+from dd.models import zoo as _zoo  # noqa: F401  (registers MLP, LeNet, AlexNet, VGG, ResNets, ViT)
+from dd.models.classic import MLP, VGG11, AlexNet, LeNet
 from dd.models.convnet import ConvNet
-
-try:  # the other families, registered when their module exists
-    from dd.models import zoo as _zoo  # noqa: F401
-except ImportError as e:  # pragma: no cover
-    if "zoo" not in str(e):
-        raise
+from dd.models.resnet import ResNet18, TorchvisionResNet
+from dd.models.vit import ViT
 
 
 def build_model(name: str, channels: int, num_classes: int, image_size, **options) -> nn.Module:
@@ -34,4 +32,5 @@ def build_model(name: str, channels: int, num_classes: int, image_size, **option
     return fn(channels, num_classes, size, **options)
 
 
-__all__ = ["MODELS", "ConvNet", "build_model"]
+__all__ = ["MODELS", "MLP", "LeNet", "AlexNet", "VGG11", "ConvNet", "ResNet18", "TorchvisionResNet", "ViT",
+           "build_model"]
