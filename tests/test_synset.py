@@ -215,3 +215,17 @@ def test_bad_shapes_are_refused():
         SyntheticSet(torch.zeros(3, 1, 2, 2), torch.zeros(2, dtype=torch.long), 10)
     with pytest.raises(ValueError, match="num_classes=10"):
         SyntheticSet(torch.zeros(3, 1, 2, 2), torch.zeros(3, 4), 10)
+
+
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from dd.utils import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode) == 0o644
