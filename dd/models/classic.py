@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dd.models.layers import conv_out, image_hw, norm2d, require_size, small_image_pad
+from dd.models.layers import conv_out, image_hw, norm2d, require_size, small_image_pad, stage_outputs
 
 
 class MLP(nn.Module):
@@ -38,11 +38,7 @@ class _Staged(nn.Module):
 
     def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps after every stage (the maps attention matching compares)."""
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
+        return stage_outputs(self.stages, x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:

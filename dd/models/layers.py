@@ -43,3 +43,12 @@ def require_size(model: str, image_size, h: int, w: int, smallest: str) -> None:
     if h < 1 or w < 1:
         raise ValueError(f"model '{model}' cannot take {tuple(image_hw(image_size))} images: its feature maps "
                          f"shrink to nothing; use images of at least {smallest} or another model")
+
+
+def stage_outputs(stages, x):
+    """Runs `x` through `stages` in order and returns every stage's output (the maps attention matching compares)."""
+    outs = []
+    for stage in stages:
+        x = stage(x)
+        outs.append(x)
+    return outs

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dd.models.layers import image_hw, norm2d, require_size
+from dd.models.layers import image_hw, norm2d, require_size, stage_outputs
 
 DOWNSAMPLES = ("stride", "avgpool")
 STAGE_WIDTHS = (64, 128, 256, 512)
@@ -72,12 +72,7 @@ class ResNet18(nn.Module):
 
     def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps after each of the four stages."""
-        x = self.stem(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
+        return stage_outputs(self.stages, self.stem(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block_outputs(x)[-1]
@@ -109,12 +104,7 @@ class TorchvisionResNet(nn.Module):
 
     def block_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps after each of the four stages."""
-        x = self.stem(x)
-        outs = []
-        for stage in self.stages:
-            x = stage(x)
-            outs.append(x)
-        return outs
+        return stage_outputs(self.stages, self.stem(x))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_outputs(x)[-1].mean(dim=(2, 3))
