@@ -145,10 +145,14 @@ class SyntheticSet:
                                         "re-create the set or restore it from a copy")
         if set(expected) != set(tensors):
             raise SyntheticSetError(f"'{path}' is corrupted: tensors {sorted(set(expected) ^ set(tensors))} missing or extra")
+        return cls.from_tensors(tensors, int(header["num_classes"]), json.loads(header["meta"])).to(device)
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], num_classes: int, meta: dict[str, Any]) -> "SyntheticSet":
+        """The inverse of `tensors()`: images, labels, optional lr and `extra.*` entries."""
         lr = float(tensors["lr"].item()) if "lr" in tensors else None
-        extra = {k[len("extra."):]: v.to(device) for k, v in tensors.items() if k.startswith("extra.")}
-        return cls(tensors["images"].to(device), tensors["labels"].to(device), int(header["num_classes"]), lr,
-                   json.loads(header["meta"]), extra)
+        extra = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
+        return cls(tensors["images"], tensors["labels"], num_classes, lr, meta, extra)
 
     # -- pictures ------------------------------------------------------------------------------
     def display_images(self, max_per_class: int | None = None) -> tuple[torch.Tensor, int]:

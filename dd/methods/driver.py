@@ -216,10 +216,7 @@ def _load_checkpoint(out: Path, m: Method, g: torch.Generator, identity: dict):
     best_set = None
     if header["best_meta"] != "null":
         bt = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-        lr = float(bt["lr"].item()) if "lr" in bt else None
-        extra = {k[len("extra."):]: v for k, v in bt.items() if k.startswith("extra.")}
-        best_set = SyntheticSet(bt["images"], bt["labels"], int(header["best_num_classes"]), lr,
-                                json.loads(header["best_meta"]), extra)
+        best_set = SyntheticSet.from_tensors(bt, int(header["best_num_classes"]), json.loads(header["best_meta"]))
     return int(header["iteration"]), json.loads(header["best"]), best_set, json.loads(header["history"])
 
 
