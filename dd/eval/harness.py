@@ -103,7 +103,7 @@ def evaluate_random(dataset: ImageDataset, ipc: int, arch: str = "convnet", prot
                     runs: int = 5, *, device="auto", seed: int = 0, model_options=None, progress: bool = True) -> EvalResult:
     """Random-real baseline: a fresh random selection of `ipc` images per class for every run."""
     protocol = get_protocol(protocol)
-    hard = protocol.with_(labels="hard") if protocol.labels == "soft" else protocol
+    hard = _for_real_images(protocol)
 
     def make(s):
         sel = SyntheticSet.from_real(dataset, ipc, torch.Generator().manual_seed(10_000 + s))
@@ -117,10 +117,15 @@ def evaluate_full(dataset: ImageDataset, arch: str = "convnet", protocol: str | 
                   progress: bool = True) -> EvalResult:
     """Full-data baseline: the whole training split under the same protocol (epochs may be overridden)."""
     protocol = get_protocol(protocol).with_(epochs=epochs)
-    hard = protocol.with_(labels="hard") if protocol.labels == "soft" else protocol
+    hard = _for_real_images(protocol)
     x, y = dataset.train_images, dataset.train_labels
     return _runs("full", lambda s: (x, y, None), dataset, arch, hard, runs, seed, device, None, None, model_options,
                  progress)
+
+
+def _for_real_images(protocol: Protocol) -> Protocol:
+    """Baselines train on real images with class ids: a soft-label protocol falls back to hard labels."""
+    return protocol.with_(labels="hard") if protocol.labels == "soft" else protocol
 
 
 def _check_compatible(synset: SyntheticSet, dataset: ImageDataset) -> None:
