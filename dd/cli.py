@@ -21,12 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dd", description="dataset distillation toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:  # a command whose module does not exist yet is simply not offered
-                continue
-            raise
+        mod = importlib.import_module(module)
         p = mod.add_parser(sub, name)
         p.set_defaults(_run=mod.run)
     return parser

@@ -9,9 +9,9 @@ def add_parser(sub, name):
     from dd.cli import add_common
 
     p = sub.add_parser(name, help="distil a dataset into IPC images per class with a method")
-    p.add_argument("--method", default="dm", help="method name (see `dd methods`)")
-    p.add_argument("--dataset", default="mnist10k")
-    p.add_argument("--ipc", type=int, default=10, help="images per class")
+    p.add_argument("--method", default=None, help="method name (see `dd methods`; default dm)")
+    p.add_argument("--dataset", default=None, help="dataset name (default mnist10k)")
+    p.add_argument("--ipc", type=int, default=None, help="images per class (default 10)")
     p.add_argument("--buffer", default=None, help="expert-trajectory buffer directory (trajectory matching)")
     p.add_argument("--iterations", type=int, default=None, help="outer iterations (default 1000)")
     p.add_argument("--config", default=None, help="JSON file of method options and run options ('run': {...})")
@@ -37,11 +37,14 @@ def run(args) -> int:
     if args.config:
         loaded = json.loads(Path(args.config).read_text())
         run_cfg.update(loaded.pop("run", {}))
-        for k in ("method", "dataset", "ipc", "buffer"):
-            if k in loaded and getattr(args, k) in (None, p_default(k)):
-                setattr(args, k, loaded.pop(k))
-            loaded.pop(k, None)
+        for k in ("method", "dataset", "ipc", "buffer"):  # the command line wins over the file
+            value = loaded.pop(k, None)
+            if getattr(args, k) is None:
+                setattr(args, k, value)
         cfg.update(loaded)
+    for k, default in (("method", "dm"), ("dataset", "mnist10k"), ("ipc", 10)):
+        if getattr(args, k) is None:
+            setattr(args, k, default)
     for item in args.sets:
         if "=" not in item:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
@@ -63,7 +66,3 @@ def run(args) -> int:
                   device=args.device, seed=args.seed, data_root=args.data_root, resume=not args.restart)
     print(f"wrote {Path(out) / 'synset.safetensors'}, {Path(out) / 'synset.png'} and {Path(out) / 'eval.md'}")
     return 0
-
-
-def p_default(key: str):
-    return {"method": "dm", "dataset": "mnist10k", "ipc": 10, "buffer": None}[key]
