@@ -10,7 +10,7 @@ from dd.data import load_dataset
 from dd.methods import METHODS, DistillationDiverged, distill
 from dd.methods.base import config_from_dict
 from dd.methods.datm import start_epoch_bound
-from dd.methods.ftd import ema_update
+from dd.methods.ftd import buffer_is_flat, ema_update
 from dd.methods.mtt import perturb_conv_weights
 from dd.methods.trajectory import ParamLayout
 from dd.synset import SyntheticSet
@@ -92,6 +92,17 @@ def test_ftd_keeps_and_saves_an_ema_of_the_images(digits, buffer):
     a = torch.zeros(3)
     ema_update(a, torch.ones(3), 0.999)
     assert torch.allclose(a, torch.full((3,), 0.001))
+
+
+def test_ftd_can_require_a_gsam_buffer(digits, buffer, tmp_path):
+    assert not buffer_is_flat(TrajectoryStore(buffer))  # plain-SGD experts (rho 0)
+    with pytest.raises(ValueError, match="not recorded with GSAM"):
+        _method("ftd", digits, buffer, require_flat_buffer=True)
+    cfg = BufferConfig(dataset="digits", model="convnet", model_options={"width": 8, "depth": 2}, experts=1, epochs=2,
+                       batch_size=128, lr=0.05, expert_kind="ftd", rho=0.01)
+    record_buffer(cfg, tmp_path / "flat", device="cpu", progress=False, log=lambda s: None)
+    assert buffer_is_flat(TrajectoryStore(tmp_path / "flat"))
+    _method("ftd", digits, tmp_path / "flat", require_flat_buffer=True, max_start_epoch=0)
 
 
 def test_datm_init_soft_labels_window_and_skip(digits, buffer):

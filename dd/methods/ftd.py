@@ -28,9 +28,9 @@ def ema_update(avg: torch.Tensor, value: torch.Tensor, decay: float) -> None:
 
 
 def buffer_is_flat(store) -> bool:
-    manifest = getattr(store, "manifest", None) or {}
-    text = str(manifest).lower()
-    return "gsam" in text or "sam" in str(manifest.get("optimizer", "")).lower() if isinstance(manifest, dict) else "gsam" in text
+    """True when the buffer's manifest says its experts were trained with GSAM (a positive radius rho)."""
+    config = (getattr(store, "manifest", None) or {}).get("config", {})
+    return float(config.get("rho") or 0.0) > 0.0
 
 
 @METHODS.register("ftd", help="flat trajectory distillation: MTT on GSAM experts with an EMA of the images (Du et al. 2023)")
