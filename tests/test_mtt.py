@@ -49,6 +49,11 @@ def test_mtt_reduces_the_matching_loss_on_a_fixed_segment(digits, buffer):
     assert m.current_set().lr != pytest.approx(TINY["lr_teacher"], rel=1e-12)  # the lr is learned too
 
 
+def test_student_lr_starts_at_the_experts_lr_unless_set(digits, buffer):
+    assert _method("mtt", digits, buffer, lr_teacher=None).hp["lr_teacher"] == 0.05  # the buffer's recorded lr
+    assert _method("mtt", digits, buffer, lr_teacher=0.02).hp["lr_teacher"] == 0.02
+
+
 @pytest.mark.parametrize("memory", ["unrolled", "constant"])
 def test_memory_modes_give_the_same_update(digits, buffer, memory):
     ref = _method("mtt", digits, buffer, memory="unrolled")

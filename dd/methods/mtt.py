@@ -37,7 +37,7 @@ class MTTConfig(MethodConfig):
     batch_syn: Optional[int] = None  # synthetic minibatch of the student (None or 0: the whole set)
     lr_img: Optional[float] = None
     lr_lr: Optional[float] = None
-    lr_teacher: Optional[float] = None  # the learnable student lr starts at the experts' lr
+    lr_teacher: Optional[float] = None  # initial student lr; None: the buffer's expert lr (manifest), else the table's
     img_momentum: float = 0.5
     lr_momentum: float = 0.5
     memory: str = "auto"  # 'unrolled', 'constant' (TESLA-style recomputation), or 'auto' (constant when unrolled won't fit)
@@ -106,6 +106,9 @@ class MTT(Method):
         c = config
         preset = self.presets(dataset.name, ipc)
         self.hp = {k: (getattr(c, k) if getattr(c, k) is not None else preset.get(k)) for k in self.HP_KEYS}
+        expert_lr = (getattr(self.buffer, "manifest", None) or {}).get("config", {}).get("lr")
+        if c.lr_teacher is None and expert_lr:  # the student lr starts at the lr the experts were trained with
+            self.hp["lr_teacher"] = float(expert_lr)
         if c.memory not in MEMORY_MODES:
             raise ValueError(f"unknown memory mode '{c.memory}'; choose one of {MEMORY_MODES}")
         if c.intermediate not in INTERMEDIATE:
