@@ -111,6 +111,28 @@ def test_functional_convnet_forward_equals_the_module(name):
     assert ConvNetForward.of(build_model("convnet-bn", 1, 3, (8, 8), width=4, depth=1)).__class__.__name__ != "ConvNetForward"
 
 
+def test_functional_convnet_second_derivatives_equal_the_module():
+    """The plain functional forward agrees with the module through the double backward MTT uses, odd sizes too."""
+    from torch.func import functional_call
+
+    from dd.methods.trajectory import ConvNetForward
+
+    torch.manual_seed(0)
+    model = build_model("convnet", 1, 3, (14, 14), width=4, depth=2)  # 14 -> 7 -> 3: the odd row is dropped
+    fwd = ConvNetForward.of(model)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in model.named_parameters()}
+    x = torch.randn(4, 1, 14, 14, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 1])
+    v = {k: torch.randn_like(p) for k, p in params.items()}
+    out = []
+    for f in (lambda p: fwd(p, x), lambda p: functional_call(model, p, (x,))):
+        g = torch.autograd.grad(torch.nn.functional.cross_entropy(f(params), y), list(params.values()), create_graph=True)
+        hv = torch.autograd.grad(sum((gi * v[k]).sum() for gi, k in zip(g, params)), [x] + list(params.values()))
+        out.append(hv)
+    for a, b in zip(*out):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_balanced_inner_loss_averages_per_class_means():
     import torch.nn.functional as F
 
