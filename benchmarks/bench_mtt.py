@@ -3,12 +3,15 @@ memory of the unrolled vs constant-memory gradient as syn_steps grows.
 
 The reference (after `distill.py`/`reparam_module.py` of Cazenavette et al.): a flat-parameter module whose
 forward re-binds every parameter view onto the submodules, `autograd.grad(create_graph=True)` in a Python loop
-over a growing list of flat parameter vectors, then `.backward()` of the normalized MSE.
-Usage: python benchmarks/bench_mtt.py [--iters 5] [--skip-memory]
+over a growing list of flat parameter vectors, then `.backward()` of the normalized MSE; its augmentation is
+computed the way the original DSA code computes it (`--reference-dsa dd` uses dd's DSA there instead).
+Usage: python benchmarks/bench_mtt.py [--iters 5] [--skip-memory] [--skip-timing] [--reference-dsa original|dd]
+Results measured on the 2-core CPU: benchmarks/bench_mtt.md.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import resource
 import subprocess
@@ -18,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dd.augment.dsa import dsa_for
+from dd.augment.dsa import DSAParams, dsa_for
 from dd.data import load_dataset
 from dd.methods.trajectory import ConvNetForward, ParamLayout, constant_memory_grad, draw_plans, unrolled_grad
 from dd.models import build_model
@@ -28,22 +31,107 @@ MODEL = "convnet-w32"
 
 
 class FlatParamNet:
-    """Reference-style flat-parameter module: each forward rebinds views of one flat vector onto the submodules."""
+    """Reference-style flat-parameter module: each forward walks the module path of every parameter, binds a view of
+    the flat vector there, runs the module, and puts the previous views back (as the original code's context manager)."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
         self.slots = []
         for name, p in list(model.named_parameters()):
-            mod_name, _, attr = name.rpartition(".")
-            mod = model.get_submodule(mod_name)
-            self.slots.append((mod, attr, p.shape, p.numel()))
+            path, _, attr = name.rpartition(".")
+            self.slots.append((path, attr, p.shape, p.numel()))
+            mod = self._module(path)
             delattr(mod, attr)
             setattr(mod, attr, p.detach().clone())
 
+    def _module(self, path: str) -> torch.nn.Module:
+        m = self.model
+        for part in path.split(".") if path else ():
+            m = getattr(m, part)
+        return m
+
     def __call__(self, x: torch.Tensor, flat_param: torch.Tensor) -> torch.Tensor:
-        for (mod, attr, shape, _), t in zip(self.slots, flat_param.split([s[3] for s in self.slots])):
-            setattr(mod, attr, t.view(shape))
-        return self.model(x)
+        flat_param = torch.squeeze(flat_param)
+        saved = [getattr(self._module(path), attr) for path, attr, _, _ in self.slots]
+        views = (t.view(shape) for t, (_, _, shape, _) in zip(flat_param.split([s[3] for s in self.slots]), self.slots))
+        for (path, attr, _, _), v in zip(self.slots, views):
+            setattr(self._module(path), attr, v)
+        try:
+            return self.model(x)
+        finally:
+            for (path, attr, _, _), v in zip(self.slots, saved):
+                setattr(self._module(path), attr, v)
+
+
+class OriginalStyleDSA:
+    """DSA the way the original DSA/MTT code computes it, for the reference loop only.
+
+    Same operation families and parameter ranges as dd's DSA (one family per call, per-sample draws), but built
+    as that code builds them: per-sample affine matrices assembled from Python lists and converted with
+    `torch.tensor`, crop as a gather over a meshgrid of clamped indices into a padded channels-last copy, cutout as
+    an index-assigned mask, colour as three separate passes. dd's DSA computes the same maps with batched tensor
+    ops; `--reference-dsa dd` swaps it into the reference to isolate the network part of the speed-up.
+    """
+
+    def __init__(self, families: list[str], p: DSAParams):
+        self.families, self.p = families, p
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        fam = self.families[int(torch.randint(0, len(self.families), (1,), generator=generator))]
+        return getattr(self, "_" + fam)(x, generator).contiguous()
+
+    def _affine(self, x, rows):
+        theta = torch.tensor(rows, dtype=torch.float)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=True).to(x.device)
+        return F.grid_sample(x, grid, align_corners=True)
+
+    def _scale(self, x, g):
+        r = self.p.scale
+        sx = torch.rand(x.shape[0], generator=g) * (r - 1.0 / r) + 1.0 / r
+        sy = torch.rand(x.shape[0], generator=g) * (r - 1.0 / r) + 1.0 / r
+        return self._affine(x, [[[sx[i], 0, 0], [0, sy[i], 0]] for i in range(x.shape[0])])
+
+    def _rotate(self, x, g):
+        a = (torch.rand(x.shape[0], generator=g) - 0.5) * 2 * self.p.rotate / 180 * math.pi
+        return self._affine(x, [[[torch.cos(a[i]), torch.sin(-a[i]), 0], [torch.sin(a[i]), torch.cos(a[i]), 0]]
+                                for i in range(x.shape[0])])
+
+    def _color(self, x, g):
+        n = x.shape[0]
+        x = x + (torch.rand(n, 1, 1, 1, generator=g) - 0.5) * self.p.brightness
+        m = x.mean(dim=1, keepdim=True)
+        x = (x - m) * (torch.rand(n, 1, 1, 1, generator=g) * self.p.saturation) + m
+        m = x.mean(dim=[1, 2, 3], keepdim=True)
+        return (x - m) * (torch.rand(n, 1, 1, 1, generator=g) + self.p.contrast) + m
+
+    def _grid(self, n, h, w):
+        return torch.meshgrid(torch.arange(n), torch.arange(h), torch.arange(w), indexing="ij")
+
+    def _crop(self, x, g):
+        n, _, h, w = x.shape
+        sh, sw = int(h * self.p.crop + 0.5), int(w * self.p.crop + 0.5)
+        tx = torch.randint(-sh, sh + 1, (n, 1, 1), generator=g)
+        ty = torch.randint(-sw, sw + 1, (n, 1, 1), generator=g)
+        gb, gx, gy = self._grid(n, h, w)
+        gx = torch.clamp(gx + tx + 1, 0, h + 1)
+        gy = torch.clamp(gy + ty + 1, 0, w + 1)
+        padded = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1).contiguous()
+        return padded[gb, gx, gy].permute(0, 3, 1, 2)
+
+    def _cutout(self, x, g):
+        n, _, h, w = x.shape
+        ch, cw = int(h * self.p.cutout + 0.5), int(w * self.p.cutout + 0.5)
+        ox = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=g)
+        oy = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=g)
+        gb, gx, gy = self._grid(n, ch, cw)
+        gx = torch.clamp(gx + ox - ch // 2, min=0, max=h - 1)
+        gy = torch.clamp(gy + oy - cw // 2, min=0, max=w - 1)
+        mask = torch.ones(n, h, w, dtype=x.dtype)
+        mask[gb, gx, gy] = 0
+        return x * mask.unsqueeze(1)
+
+    def _flip(self, x, g):
+        return torch.where(torch.rand(x.shape[0], 1, 1, 1, generator=g) < self.p.flip, x.flip(3), x)
 
 
 def setup(ipc: int, seed: int = 0):
@@ -96,9 +184,10 @@ def ours_iteration(fwd, layout, images, labels, syn_lr, opt_img, opt_lr, start, 
     return res.loss
 
 
-def time_pair(ipc: int, steps: int, iters: int) -> dict:
+def time_pair(ipc: int, steps: int, iters: int, reference_dsa: str = "original") -> dict:
     ds, imgs, labels, model, layout, start, target, _ = setup(ipc)
     dsa = dsa_for(ds.flip_ok)
+    ref_dsa = OriginalStyleDSA(dsa.families, dsa.params) if reference_dsa == "original" else dsa
     out = {}
     for name in ("reference", "ours"):
         images = imgs.clone().requires_grad_(True)
@@ -108,7 +197,7 @@ def time_pair(ipc: int, steps: int, iters: int) -> dict:
         g = torch.Generator().manual_seed(1)
         if name == "reference":
             net = FlatParamNet(build_model(MODEL, ds.channels, ds.num_classes, ds.image_size))
-            run = lambda: reference_iteration(net, images, labels, syn_lr, opt_img, opt_lr, start, target, steps, dsa, g)
+            run = lambda: reference_iteration(net, images, labels, syn_lr, opt_img, opt_lr, start, target, steps, ref_dsa, g)
         else:
             fwd = ConvNetForward.of(model)
             run = lambda: ours_iteration(fwd, layout, images, labels, syn_lr, opt_img, opt_lr, start, target, steps, dsa, g, ds)
@@ -147,15 +236,18 @@ def main() -> None:
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--steps", default="10,20,40,80", help="syn_steps of the memory table")
     ap.add_argument("--memory-ipc", type=int, default=2)
+    ap.add_argument("--reference-dsa", choices=("original", "dd"), default="original",
+                    help="augmentation inside the reference loop: the original code's way (default) or dd's DSA")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         memory_child(a.child[0], int(a.child[1]), int(a.child[2]))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mnist10k, {MODEL}, per-sample DSA, batch_syn all")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mnist10k, {MODEL}, per-sample DSA, batch_syn all, "
+          f"reference augmentation: {a.reference_dsa}")
     print("| setting | reference s/it | ours s/it | speed-up |\n|---|---|---|---|")
     for ipc, steps in (() if a.skip_timing else ((1, 50), (10, 30))):
-        t = time_pair(ipc, steps, a.iters)
+        t = time_pair(ipc, steps, a.iters, a.reference_dsa)
         print(f"| IPC {ipc}, {steps} steps | {t['reference']:.3f} | {t['ours']:.3f} | {t['reference'] / t['ours']:.2f}x |",
               flush=True)
     if a.skip_memory:
