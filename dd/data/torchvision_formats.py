@@ -185,6 +185,8 @@ def _cifar_split(paths: list[Path], label_key: str, num_classes: int, layout: st
 
 
 def _cifar_dataset(name, folder: Path, train_files, test_file, meta_file, names_key, label_key, num_classes, stats, layout):
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"missing directory {folder}; {layout}")
     x_tr, y_tr = _cifar_split([folder / f for f in train_files], label_key, num_classes, layout)
     x_te, y_te = _cifar_split([folder / test_file], label_key, num_classes, layout)
     meta = _load_batch(folder / meta_file, layout)
@@ -205,8 +207,6 @@ def cifar10(root=None, **_) -> ImageDataset:
     folder = _root(root) / "cifar-10-batches-py"
     layout = (f"expected CIFAR-10 in torchvision's format at {folder}/{{data_batch_1..5,test_batch,batches.meta}}; "
               "put the extracted cifar-10-python.tar.gz there or pass --data-root")
-    if not folder.is_dir():
-        raise DatasetNotFoundError(f"missing directory {folder}; {layout}")
     return _cifar_dataset("cifar10", folder, [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
                           "label_names", "labels", 10, CIFAR10_STATS, layout)
 
@@ -217,7 +217,5 @@ def cifar100(root=None, **_) -> ImageDataset:
     folder = _root(root) / "cifar-100-python"
     layout = (f"expected CIFAR-100 in torchvision's format at {folder}/{{train,test,meta}}; "
               "put the extracted cifar-100-python.tar.gz there or pass --data-root")
-    if not folder.is_dir():
-        raise DatasetNotFoundError(f"missing directory {folder}; {layout}")
     return _cifar_dataset("cifar100", folder, ["train"], "test", "meta", "fine_label_names", "fine_labels", 100,
                           CIFAR100_STATS, layout)
