@@ -10,8 +10,8 @@ from dd.data import load_dataset
 from dd.methods import METHODS, DistillationDiverged, distill
 from dd.methods.base import config_from_dict
 from dd.methods.datm import start_epoch_bound
-from dd.methods.ftd import buffer_is_flat, ema_update
-from dd.methods.mtt import perturb_conv_weights
+from dd.methods.ftd import buffer_is_flat
+from dd.methods.mtt import ema_update, perturb_conv_weights
 from dd.methods.trajectory import ParamLayout
 from dd.synset import SyntheticSet
 

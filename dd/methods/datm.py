@@ -14,10 +14,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from dd.methods.base import load_optimizer_state, optimizer_state
-from dd.methods.ftd import ema_update
 from dd.methods.mtt import MTT, MTTConfig
 from dd.methods.registry import METHODS
 from dd.methods.trajectory_presets import datm_defaults
@@ -66,10 +64,9 @@ class DATM(MTT):
             raise ValueError(f"min_start_epoch={lo} exceeds the largest usable start epoch {self.max_start}")
 
     # -- initialization: correctly classified reals, expert-logit soft labels ---------------------
-    def expert_logits(self, expert: int, images: torch.Tensor) -> torch.Tensor:
-        params = self.layout.unflatten(self.buffer.flat(expert, self.buffer.num_epochs - 1, device=self.device))
-        with torch.no_grad():
-            return torch.cat([functional_call(self.model, params, (b,)) for b in images.split(512)])
+    @property
+    def ema_decay(self) -> float:  # type: ignore[override]
+        return self.config.ema_decay
 
     def init_synset(self) -> SyntheticSet:
         template = self.initial_set()  # meta/extra, and the noise option
@@ -89,7 +86,6 @@ class DATM(MTT):
         hard = torch.arange(k, device=self.device).repeat_interleave(self.ipc)
         self._template = SyntheticSet(images.cpu(), hard.cpu(), k, None, dict(template.meta), dict(template.extra))
         self._template.meta["init"] = "real-correct" if self.config.init == "real" else self.config.init
-        self.images = images.detach().clone().requires_grad_(True)
         if self.config.soft_labels:
             total = torch.zeros(len(images), k, device=self.device)
             count = torch.zeros(len(images), 1, device=self.device)
@@ -99,16 +95,12 @@ class DATM(MTT):
                 total += logits * right
                 count += right
             fallback = F.one_hot(hard, k).float() * 10.0  # images no expert gets right (noise init)
-            labels = torch.where(count > 0, total / count.clamp_min(1), fallback)
-            self.labels = labels.detach().clone().requires_grad_(True)
+            labels = torch.where(count > 0, total / count.clamp_min(1), fallback).detach().clone().requires_grad_(True)
         else:
-            self.labels = hard
-        self.syn_lr = torch.tensor(float(self.hp["lr_teacher"]), device=self.device).requires_grad_(True)
-        self.opt_img = torch.optim.SGD([self.images], lr=self.hp["lr_img"], momentum=self.config.img_momentum)
-        self.opt_lr = torch.optim.SGD([self.syn_lr], lr=self.hp["lr_lr"], momentum=self.config.lr_momentum)
+            labels = hard
+        self.init_learnables(images, labels)
         self.opt_y = (torch.optim.SGD([self.labels], lr=self.hp["lr_y"], momentum=self.config.momentum_y)
                       if self.config.soft_labels else None)
-        self.ema = self.images.detach().clone() if self.config.ema_decay else None
         return self._template
 
     # -- one iteration ---------------------------------------------------------------------------
@@ -131,13 +123,7 @@ class DATM(MTT):
             self.opt_y.zero_grad(set_to_none=True)
             self.labels.grad = res.labels_grad
             self.opt_y.step()
-        if self.ema is not None:
-            with torch.no_grad():
-                ema_update(self.ema, self.images.detach(), self.config.ema_decay)
         return {"loss": res.loss, "skipped": 0.0, "lr": float(self.syn_lr.detach()), "start_epoch": t}
-
-    def current_images(self) -> torch.Tensor:
-        return self.ema if self.ema is not None else self.images.detach()
 
     def current_set(self) -> SyntheticSet:
         s = super().current_set()
@@ -153,8 +139,6 @@ class DATM(MTT):
             ty, iy = optimizer_state(self.opt_y, "opt_y")
             tensors.update(ty)
             info["opt_y"] = iy
-        if self.ema is not None:
-            tensors["ema"] = self.ema
         return tensors, info
 
     def load_state(self, tensors, info) -> None:
@@ -162,5 +146,3 @@ class DATM(MTT):
         if self.opt_y is not None:
             load_optimizer_state(self.opt_y, "opt_y", {k: v for k, v in tensors.items() if k.startswith("opt_y.")},
                                  info["opt_y"])
-        if self.ema is not None:
-            self.ema.copy_(tensors["ema"].to(self.device))

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from dd.methods.mtt import MTT, MTTConfig
 from dd.methods.registry import METHODS
 
@@ -20,11 +18,6 @@ class FTDConfig(MTTConfig):
 
     ema_decay: float = 0.999
     require_flat_buffer: bool = False  # refuse a buffer whose manifest does not say it was recorded with GSAM/SAM
-
-
-def ema_update(avg: torch.Tensor, value: torch.Tensor, decay: float) -> None:
-    """avg <- decay * avg + (1 - decay) * value, in place."""
-    avg.mul_(decay).add_(value, alpha=1.0 - decay)
 
 
 def buffer_is_flat(store) -> bool:
@@ -46,25 +39,6 @@ class FTD(MTT):
             raise ValueError("this buffer was not recorded with GSAM; record flat experts with the buffer recorder's "
                              "GSAM option, or set require_flat_buffer=false")
 
-    def init_synset(self):
-        s = super().init_synset()
-        self.ema = self.images.detach().clone()
-        return s
-
-    def step(self, it: int) -> dict[str, float]:
-        out = super().step(it)
-        with torch.no_grad():
-            ema_update(self.ema, self.images.detach(), self.config.ema_decay)
-        return out
-
-    def current_images(self) -> torch.Tensor:
-        return self.ema
-
-    def state(self):
-        tensors, info = super().state()
-        tensors["ema"] = self.ema
-        return tensors, info
-
-    def load_state(self, tensors, info) -> None:
-        super().load_state(tensors, info)
-        self.ema.copy_(tensors["ema"].to(self.device))
+    @property
+    def ema_decay(self) -> float:  # type: ignore[override]
+        return self.config.ema_decay

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torch.func import functional_call
 
 from dd.augment.dsa import DSA, DSAParams
 from dd.methods.base import DistillationDiverged, Method, MethodConfig, load_optimizer_state, optimizer_state
@@ -78,6 +79,11 @@ def kmeans_nearest(x: torch.Tensor, k: int, g: torch.Generator, iters: int = 25)
     return torch.tensor(chosen, device=x.device)
 
 
+def ema_update(avg: torch.Tensor, value: torch.Tensor, decay: float) -> None:
+    """avg <- decay * avg + (1 - decay) * value, in place."""
+    avg.mul_(decay).add_(value, alpha=1.0 - decay)
+
+
 def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
@@ -135,36 +141,40 @@ class MTT(Method):
         self.mode: Optional[str] = None if c.memory == "auto" else c.memory
 
     # -- setup -----------------------------------------------------------------------------------
+    ema_decay: float = 0.0  # decay of the image EMA that is validated and saved instead of the raw images (0: none)
+
     def init_synset(self) -> SyntheticSet:
         s = self.representative_set() if self.config.init == "kmeans" else self.initial_set()
         self._template = s
-        self.images = s.images.to(self.device).requires_grad_(True)
-        self.labels = self.initial_labels(s).to(self.device)
+        self.init_learnables(s.images, s.labels)
+        return s
+
+    def init_learnables(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """The learned images and student lr with their optimizers, the labels, and the image EMA when it is on."""
+        self.images = images.to(self.device).detach().clone().requires_grad_(True)
+        self.labels = labels.to(self.device)
         self.syn_lr = torch.tensor(float(self.hp["lr_teacher"]), device=self.device).requires_grad_(True)
         self.opt_img = torch.optim.SGD([self.images], lr=self.hp["lr_img"], momentum=self.config.img_momentum)
         self.opt_lr = torch.optim.SGD([self.syn_lr], lr=self.hp["lr_lr"], momentum=self.config.lr_momentum)
-        return s
+        self.ema = self.images.detach().clone() if self.ema_decay else None
+
+    def expert_logits(self, expert: int, images: torch.Tensor) -> torch.Tensor:
+        """The final-epoch network of `expert` applied to `images` (batches of 512, no graph)."""
+        params = self.layout.unflatten(self.buffer.flat(expert, self.buffer.num_epochs - 1, device=self.device))
+        with torch.no_grad():
+            return torch.cat([functional_call(self.model, params, (b,)) for b in images.split(512)])
 
     def representative_set(self) -> SyntheticSet:
         """AST's representative init: per class, k-means (k = ipc) on the final expert's logits of the real
         images, then the real image nearest each center (distinct images; IPC 1 takes the one nearest the mean)."""
-        store, k = self.buffer, self.dataset.num_classes
-        params = self.layout.unflatten(store.flat(0, store.num_epochs - 1, device=self.device))
         picks = []
-        for c in range(k):
+        for c in range(self.dataset.num_classes):
             pool = self.real.all_of(c)
-            with torch.no_grad():
-                feats = torch.cat([self.forward(params, b) if not isinstance(self.forward, torch.nn.Module)
-                                   else torch.func.functional_call(self.forward, params, (b,)) for b in pool.split(512)])
-            idx = kmeans_nearest(feats, self.ipc, self.g)
-            picks.append(pool[idx])
+            picks.append(pool[kmeans_nearest(self.expert_logits(0, pool), self.ipc, self.g)])
         s = SyntheticSet.from_real(self.dataset, self.ipc, torch.Generator().manual_seed(0), method=self.name)
         s.images = torch.cat(picks).cpu()
         s.meta["init"] = "kmeans"
         return s
-
-    def initial_labels(self, s: SyntheticSet) -> torch.Tensor:
-        return s.labels
 
     # -- one iteration ---------------------------------------------------------------------------
     def draw_segment(self, it: int) -> tuple[int, int]:
@@ -225,6 +235,9 @@ class MTT(Method):
         if not math.isfinite(lr) or lr <= 0:
             raise DistillationDiverged(f"{self.name}: the learned student lr became {lr}; lower lr_lr (now "
                                        f"{self.hp['lr_lr']}) or lr_img")
+        if self.ema is not None:
+            with torch.no_grad():
+                ema_update(self.ema, self.images.detach(), self.ema_decay)
 
     def step(self, it: int) -> dict[str, float]:
         res, e, t = self.match(it)
@@ -233,7 +246,7 @@ class MTT(Method):
 
     # -- results and checkpoints -----------------------------------------------------------------
     def current_images(self) -> torch.Tensor:
-        return self.images.detach()
+        return self.ema if self.ema is not None else self.images.detach()
 
     def current_set(self) -> SyntheticSet:
         t = self._template
@@ -248,6 +261,8 @@ class MTT(Method):
         tl, il = optimizer_state(self.opt_lr, "opt_lr")
         tensors = {**ti, **tl, "images": self.images.detach(), "syn_lr": self.syn_lr.detach().reshape(1),
                    "labels": self.labels.detach()}
+        if self.ema is not None:
+            tensors["ema"] = self.ema
         return tensors, {"opt_img": ii, "opt_lr": il, "mode": self.mode}
 
     def load_state(self, tensors, info) -> None:
@@ -260,3 +275,5 @@ class MTT(Method):
         load_optimizer_state(self.opt_lr, "opt_lr", {k: v for k, v in tensors.items() if k.startswith("opt_lr.")},
                              info["opt_lr"])
         self.mode = info.get("mode") or self.mode
+        if self.ema is not None:
+            self.ema.copy_(tensors["ema"].to(self.device))
