@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dd.models.layout import ParamLayout
 from dd.utils import sha256_bytes, sha256_file
 
 FORMAT = "dd-trajectory-buffer/1"
@@ -75,7 +76,8 @@ class TrajectoryStore:
         self.model_options: dict = dict(m["model"]["options"])
         self.dataset_name: str = m["dataset"]["name"]
         self.storage_dtype: str = m["storage_dtype"]
-        self.num_params = int(sum(torch.Size(s).numel() for s in self.param_shapes))
+        self.layout = ParamLayout(tuple(self.param_names), tuple(self.param_shapes))
+        self.num_params = self.layout.size
         self._experts = {int(e["index"]): e for e in m["experts"]}
         missing = [k for k in range(self.num_experts) if k not in self._experts]
         if missing:
@@ -130,14 +132,7 @@ class TrajectoryStore:
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Splits a flat vector (as from `flat`) back into name -> tensor views."""
-        if flat.numel() != self.num_params:
-            raise ValueError(f"flat vector has {flat.numel()} entries, the model has {self.num_params} parameters")
-        out, i = {}, 0
-        for n, s in zip(self.param_names, self.param_shapes):
-            k = torch.Size(s).numel()
-            out[n] = flat[i:i + k].view(s)
-            i += k
-        return out
+        return self.layout.unflatten(flat)
 
     def build_model(self, device="cpu") -> nn.Module:
         """A fresh (randomly initialized) model of the recorded architecture."""
