@@ -6,6 +6,8 @@ forward re-binds every parameter view onto the submodules, `autograd.grad(create
 over a growing list of flat parameter vectors, then `.backward()` of the normalized MSE; its augmentation is
 computed the way the original DSA code computes it (`--reference-dsa dd` uses dd's DSA there instead).
 Usage: python benchmarks/bench_mtt.py [--iters 5] [--skip-memory] [--skip-timing] [--reference-dsa original|dd]
+       [--device cpu|cuda]
+On CUDA the timings synchronize the device and the memory table reports peak allocated GPU memory instead of RSS.
 Results measured on the 2-core CPU: benchmarks/bench_mtt.md.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from dd.data import load_dataset
 from dd.methods.trajectory import ConvNetForward, ParamLayout, constant_memory_grad, draw_plans, unrolled_grad
 from dd.models import build_model
 from dd.synset import SyntheticSet
+from dd.utils import resolve_device
 
 MODEL = "convnet-w32"
 
@@ -81,7 +84,7 @@ class OriginalStyleDSA:
         return getattr(self, "_" + fam)(x, generator).contiguous()
 
     def _affine(self, x, rows):
-        theta = torch.tensor(rows, dtype=torch.float)
+        theta = torch.tensor(rows, dtype=torch.float)  # built on the host, as the original code does
         grid = F.affine_grid(theta, list(x.shape), align_corners=True).to(x.device)
         return F.grid_sample(x, grid, align_corners=True)
 
@@ -98,21 +101,23 @@ class OriginalStyleDSA:
 
     def _color(self, x, g):
         n = x.shape[0]
-        x = x + (torch.rand(n, 1, 1, 1, generator=g) - 0.5) * self.p.brightness
+        d = x.device
+        x = x + (torch.rand(n, 1, 1, 1, generator=g).to(d) - 0.5) * self.p.brightness
         m = x.mean(dim=1, keepdim=True)
-        x = (x - m) * (torch.rand(n, 1, 1, 1, generator=g) * self.p.saturation) + m
+        x = (x - m) * (torch.rand(n, 1, 1, 1, generator=g).to(d) * self.p.saturation) + m
         m = x.mean(dim=[1, 2, 3], keepdim=True)
-        return (x - m) * (torch.rand(n, 1, 1, 1, generator=g) + self.p.contrast) + m
+        return (x - m) * (torch.rand(n, 1, 1, 1, generator=g).to(d) + self.p.contrast) + m
 
-    def _grid(self, n, h, w):
-        return torch.meshgrid(torch.arange(n), torch.arange(h), torch.arange(w), indexing="ij")
+    def _grid(self, n, h, w, device):
+        return torch.meshgrid(torch.arange(n, device=device), torch.arange(h, device=device),
+                              torch.arange(w, device=device), indexing="ij")
 
     def _crop(self, x, g):
         n, _, h, w = x.shape
         sh, sw = int(h * self.p.crop + 0.5), int(w * self.p.crop + 0.5)
-        tx = torch.randint(-sh, sh + 1, (n, 1, 1), generator=g)
-        ty = torch.randint(-sw, sw + 1, (n, 1, 1), generator=g)
-        gb, gx, gy = self._grid(n, h, w)
+        tx = torch.randint(-sh, sh + 1, (n, 1, 1), generator=g).to(x.device)
+        ty = torch.randint(-sw, sw + 1, (n, 1, 1), generator=g).to(x.device)
+        gb, gx, gy = self._grid(n, h, w, x.device)
         gx = torch.clamp(gx + tx + 1, 0, h + 1)
         gy = torch.clamp(gy + ty + 1, 0, w + 1)
         padded = F.pad(x, [1, 1, 1, 1]).permute(0, 2, 3, 1).contiguous()
@@ -121,20 +126,20 @@ class OriginalStyleDSA:
     def _cutout(self, x, g):
         n, _, h, w = x.shape
         ch, cw = int(h * self.p.cutout + 0.5), int(w * self.p.cutout + 0.5)
-        ox = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=g)
-        oy = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=g)
-        gb, gx, gy = self._grid(n, ch, cw)
+        ox = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=g).to(x.device)
+        oy = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=g).to(x.device)
+        gb, gx, gy = self._grid(n, ch, cw, x.device)
         gx = torch.clamp(gx + ox - ch // 2, min=0, max=h - 1)
         gy = torch.clamp(gy + oy - cw // 2, min=0, max=w - 1)
-        mask = torch.ones(n, h, w, dtype=x.dtype)
+        mask = torch.ones(n, h, w, dtype=x.dtype, device=x.device)
         mask[gb, gx, gy] = 0
         return x * mask.unsqueeze(1)
 
     def _flip(self, x, g):
-        return torch.where(torch.rand(x.shape[0], 1, 1, 1, generator=g) < self.p.flip, x.flip(3), x)
+        return torch.where(torch.rand(x.shape[0], 1, 1, 1, generator=g).to(x.device) < self.p.flip, x.flip(3), x)
 
 
-def setup(ipc: int, seed: int = 0):
+def setup(ipc: int, seed: int = 0, device: torch.device = torch.device("cpu")):
     ds = load_dataset("mnist10k")
     g = torch.Generator().manual_seed(seed)
     s = SyntheticSet.from_real(ds, ipc, g)
@@ -145,7 +150,13 @@ def setup(ipc: int, seed: int = 0):
     target = start + 0.01 * torch.randn(start.shape, generator=g)
     for p in model.parameters():
         p.requires_grad_(False)
-    return ds, s.images.clone(), s.labels.clone(), model, layout, start, target, g
+    return (ds, s.images.clone().to(device), s.labels.clone().to(device), model.to(device), layout, start.to(device),
+            target.to(device), g)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def reference_iteration(net, images, labels, syn_lr, opt_img, opt_lr, start, target, steps, dsa, g):
@@ -154,7 +165,7 @@ def reference_iteration(net, images, labels, syn_lr, opt_img, opt_lr, start, tar
     indices_chunks = []
     for _ in range(steps):
         if not indices_chunks:
-            indices_chunks = list(torch.randperm(len(images), generator=g).split(len(images)))
+            indices_chunks = list(torch.randperm(len(images), generator=g).to(images.device).split(len(images)))
         idx = indices_chunks.pop()
         x = dsa(images[idx], generator=g)
         out = net(x, flat_param=student_params[-1])
@@ -173,7 +184,7 @@ def reference_iteration(net, images, labels, syn_lr, opt_img, opt_lr, start, tar
 
 
 def ours_iteration(fwd, layout, images, labels, syn_lr, opt_img, opt_lr, start, target, steps, dsa, g, ds, mode="unrolled"):
-    plans = draw_plans(len(images), steps, None, dsa, tuple(ds.image_size), g)
+    plans = draw_plans(len(images), steps, None, dsa, tuple(ds.image_size), g, images.device)
     fn = unrolled_grad if mode == "unrolled" else constant_memory_grad
     res = fn(fwd, layout, start, target, images, labels, syn_lr, plans)
     opt_img.zero_grad(set_to_none=True)
@@ -184,48 +195,83 @@ def ours_iteration(fwd, layout, images, labels, syn_lr, opt_img, opt_lr, start, 
     return res.loss
 
 
-def time_pair(ipc: int, steps: int, iters: int, reference_dsa: str = "original") -> dict:
-    ds, imgs, labels, model, layout, start, target, _ = setup(ipc)
+def time_pair(ipc: int, steps: int, iters: int, reference_dsa: str = "original",
+              device: torch.device = torch.device("cpu")) -> dict:
+    ds, imgs, labels, model, layout, start, target, _ = setup(ipc, device=device)
     dsa = dsa_for(ds.flip_ok)
     ref_dsa = OriginalStyleDSA(dsa.families, dsa.params) if reference_dsa == "original" else dsa
     out = {}
     for name in ("reference", "ours"):
         images = imgs.clone().requires_grad_(True)
-        syn_lr = torch.tensor(0.01, requires_grad=True)
+        syn_lr = torch.tensor(0.01, device=device, requires_grad=True)
         opt_img = torch.optim.SGD([images], lr=1000, momentum=0.5)
         opt_lr = torch.optim.SGD([syn_lr], lr=1e-5, momentum=0.5)
         g = torch.Generator().manual_seed(1)
         if name == "reference":
-            net = FlatParamNet(build_model(MODEL, ds.channels, ds.num_classes, ds.image_size))
+            net = FlatParamNet(build_model(MODEL, ds.channels, ds.num_classes, ds.image_size).to(device))
             run = lambda: reference_iteration(net, images, labels, syn_lr, opt_img, opt_lr, start, target, steps, ref_dsa, g)
         else:
             fwd = ConvNetForward.of(model)
             run = lambda: ours_iteration(fwd, layout, images, labels, syn_lr, opt_img, opt_lr, start, target, steps, dsa, g, ds)
         run()  # warm-up
+        sync(device)
         t = time.perf_counter()
         for _ in range(iters):
             run()
+        sync(device)
         out[name] = (time.perf_counter() - t) / iters
     return out
 
 
-def memory_child(mode: str, steps: int, ipc: int) -> None:
-    ds, imgs, labels, model, layout, start, target, g = setup(ipc)
+def _reset_peak_rss() -> None:
+    """A child forked from a big parent inherits its peak RSS through exec; Linux resets it on request."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_child(mode: str, steps: int, ipc: int, device: str = "cpu") -> None:
+    _reset_peak_rss()
+    dev = torch.device(device)
+    ds, imgs, labels, model, layout, start, target, g = setup(ipc, device=dev)
     fwd = ConvNetForward.of(model)
     images = imgs.clone().requires_grad_(True)
-    syn_lr = torch.tensor(0.01, requires_grad=True)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    syn_lr = torch.tensor(0.01, device=dev, requires_grad=True)
+    cuda = dev.type == "cuda"
+    if cuda:
+        sync(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.max_memory_allocated(dev)
+    else:
+        before = _peak_rss_bytes()
     if mode != "baseline":
-        plans = draw_plans(len(images), steps, None, dsa_for(ds.flip_ok), tuple(ds.image_size), g)
+        plans = draw_plans(len(images), steps, None, dsa_for(ds.flip_ok), tuple(ds.image_size), g, dev)
         fn = unrolled_grad if mode == "unrolled" else constant_memory_grad
         fn(fwd, layout, start, target, images, labels, syn_lr, plans)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_mb": peak / 1024, "setup_mb": before / 1024}))
+    if cuda:
+        sync(dev)
+        peak = torch.cuda.max_memory_allocated(dev)
+    else:
+        peak = _peak_rss_bytes()
+    print(json.dumps({"peak_mb": peak / 2**20, "setup_mb": before / 2**20}))
 
 
-def measure_memory(mode: str, steps: int, ipc: int) -> dict:
-    r = subprocess.run([sys.executable, __file__, "--child", mode, str(steps), str(ipc)], capture_output=True, text=True,
-                       check=True)
+def measure_memory(mode: str, steps: int, ipc: int, device: str = "cpu") -> dict:
+    r = subprocess.run([sys.executable, __file__, "--child", mode, str(steps), str(ipc), device], capture_output=True,
+                       text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -238,27 +284,32 @@ def main() -> None:
     ap.add_argument("--memory-ipc", type=int, default=2)
     ap.add_argument("--reference-dsa", choices=("original", "dd"), default="original",
                     help="augmentation inside the reference loop: the original code's way (default) or dd's DSA")
-    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA when present)")
+    ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        memory_child(a.child[0], int(a.child[1]), int(a.child[2]))
+        memory_child(a.child[0], int(a.child[1]), int(a.child[2]), a.child[3])
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, mnist10k, {MODEL}, per-sample DSA, batch_syn all, "
+    device = resolve_device(a.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, mnist10k, {MODEL}, per-sample DSA, batch_syn all, "
           f"reference augmentation: {a.reference_dsa}")
     print("| setting | reference s/it | ours s/it | speed-up |\n|---|---|---|---|")
     for ipc, steps in (() if a.skip_timing else ((1, 50), (10, 30))):
-        t = time_pair(ipc, steps, a.iters, a.reference_dsa)
+        t = time_pair(ipc, steps, a.iters, a.reference_dsa, device)
         print(f"| IPC {ipc}, {steps} steps | {t['reference']:.3f} | {t['ours']:.3f} | {t['reference'] / t['ours']:.2f}x |",
               flush=True)
     if a.skip_memory:
         return
-    base = measure_memory("baseline", 0, a.memory_ipc)["peak_mb"]
-    print(f"\npeak RSS (MB) of one gradient at IPC {a.memory_ipc}, fresh process each; setup alone peaks at {base:.0f} MB")
+    dev = str(device)
+    base = measure_memory("baseline", 0, a.memory_ipc, dev)["peak_mb"]
+    what = "peak allocated GPU memory" if device.type == "cuda" else "peak RSS"
+    print(f"\n{what} (MB) of one gradient at IPC {a.memory_ipc}, fresh process each; setup alone peaks at {base:.0f} MB")
     print("| syn_steps | unrolled peak | unrolled above setup | constant peak | constant above setup |\n|---|---|---|---|---|")
     rows = {}
     for steps in [int(v) for v in a.steps.split(",")]:
-        u = measure_memory("unrolled", steps, a.memory_ipc)["peak_mb"]
-        c = measure_memory("constant", steps, a.memory_ipc)["peak_mb"]
+        u = measure_memory("unrolled", steps, a.memory_ipc, dev)["peak_mb"]
+        c = measure_memory("constant", steps, a.memory_ipc, dev)["peak_mb"]
         rows[steps] = c
         print(f"| {steps} | {u:.0f} | {u - base:.0f} | {c:.0f} | {c - base:.0f} |", flush=True)
     lo, hi = min(rows), max(rows)
