@@ -1,8 +1,8 @@
 """Seconds per iteration and peak memory of DataDAM at IPC 1/10/50, as ratios to trajectory matching (MTT).
 
 Same machine, dataset (mnist10k), distillation model (convnet-w32) and IPC for both methods. Each
-(method, IPC) runs in a fresh subprocess: peak memory is the resident set's peak over the
-steps, sampled every 2 ms (CPU; tracemalloc does not see torch's allocator) or torch.cuda.max_memory_allocated (CUDA).
+(method, IPC) runs in a fresh subprocess: peak memory is the resident set's high-water mark over the steps
+(Linux VmHWM, reset after setup; tracemalloc does not see torch's allocator) or torch.cuda.max_memory_allocated (CUDA).
 MTT needs an expert buffer: a 1-expert, 3-epoch one is recorded once into --buffer (its contents do not
 change MTT's per-iteration cost, which depends on syn_steps and the set size; max_start_epoch is set to 0
 so the short buffer suffices). When `mtt` is not registered the script says so and reports DataDAM alone.
@@ -13,43 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+import rss
+
 DATASET, MODEL = "mnist10k", "convnet-w32"
 DEFAULT_BUFFER = Path(__file__).resolve().parent.parent / "runs" / "bench_cache" / "mtt_buffer_mnist10k_convnet-w32"
-
-
-def _rss_mib() -> float:
-    """This process's current resident set (Linux /proc/self/statm)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class _PeakRSS:
-    """Samples the resident set every 2 ms in a thread: the max over the steps (ru_maxrss would keep setup's peak)."""
-
-    def __init__(self):
-        self.peak, self._stop = _rss_mib(), threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mib())
-            time.sleep(0.002)
-
-    def __enter__(self):
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, _rss_mib())
 
 
 def worker(method: str, ipc: int, iters: int, device: str, buffer: str | None) -> dict:
@@ -77,18 +49,18 @@ def worker(method: str, ipc: int, iters: int, device: str, buffer: str | None) -
         torch.cuda.reset_peak_memory_stats(dev)
         base = torch.cuda.memory_allocated(dev) / 2**20
     else:
-        base = _rss_mib()
-    with _PeakRSS() as rss:
-        m.step(0)  # warm-up (allocator, lazy init); counted in the peak, not in the time
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        t0 = time.perf_counter()
-        for it in range(1, iters + 1):
-            m.step(it)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        sec = (time.perf_counter() - t0) / iters
-    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else rss.peak) - base
+        rss.reset_peak()
+        base = rss.current_mib()
+    m.step(0)  # warm-up (allocator, lazy init); counted in the peak, not in the time
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for it in range(1, iters + 1):
+        m.step(it)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    sec = (time.perf_counter() - t0) / iters
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else rss.peak_mib()) - base
     return {"method": method, "ipc": ipc, "sec_per_it": sec, "peak_mib": peak, "device": str(dev),
             "memory": "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS over the steps minus RSS before"}
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import math
 import json
-import resource
 import subprocess
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
+
+import rss
 
 from dd.augment.dsa import DSAParams, dsa_for
 from dd.data import load_dataset
@@ -223,50 +224,31 @@ def time_pair(ipc: int, steps: int, iters: int, reference_dsa: str = "original",
     return out
 
 
-def _reset_peak_rss() -> None:
-    """A child forked from a big parent inherits its peak RSS through exec; Linux resets it on request."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def memory_child(mode: str, steps: int, ipc: int, device: str = "cpu") -> None:
-    _reset_peak_rss()
     dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if not cuda:
+        rss.reset_peak()
     ds, imgs, labels, model, layout, start, target, g = setup(ipc, device=dev)
     fwd = ConvNetForward.of(model)
     images = imgs.clone().requires_grad_(True)
     syn_lr = torch.tensor(0.01, device=dev, requires_grad=True)
-    cuda = dev.type == "cuda"
     if cuda:
         sync(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        before = torch.cuda.max_memory_allocated(dev)
+        before = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        before = _peak_rss_bytes()
+        before = rss.peak_mib()
     if mode != "baseline":
         plans = draw_plans(len(images), steps, None, dsa_for(ds.flip_ok), tuple(ds.image_size), g, dev)
         fn = unrolled_grad if mode == "unrolled" else constant_memory_grad
         fn(fwd, layout, start, target, images, labels, syn_lr, plans)
     if cuda:
         sync(dev)
-        peak = torch.cuda.max_memory_allocated(dev)
+        peak = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        peak = _peak_rss_bytes()
-    print(json.dumps({"peak_mb": peak / 2**20, "setup_mb": before / 2**20}))
+        peak = rss.peak_mib()
+    print(json.dumps({"peak_mb": peak, "setup_mb": before}))
 
 
 def measure_memory(mode: str, steps: int, ipc: int, device: str = "cpu") -> dict:
