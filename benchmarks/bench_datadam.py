@@ -30,8 +30,7 @@ def worker(method: str, ipc: int, iters: int, device: str, buffer: str | None) -
 
     from dd.data import load_dataset
     from dd.methods import METHODS
-    from dd.methods.base import config_from_dict
-    from dd.methods.driver import open_buffer
+    from dd.methods import build_method
     from dd.utils import resolve_device
 
     dev = resolve_device(device)
@@ -40,10 +39,7 @@ def worker(method: str, ipc: int, iters: int, device: str, buffer: str | None) -
     opts = {"model": MODEL}
     if method == "mtt":
         opts["max_start_epoch"] = 0
-    cfg = config_from_dict(cls.Config, opts)
-    store = open_buffer(buffer, ds, MODEL) if cls.needs_buffer else None
-    m = cls(cfg, ds, ipc, dev, torch.Generator().manual_seed(0), buffer=store)
-    m.init_synset()
+    m = build_method(method, ds, ipc, opts, buffers=[buffer] if cls.buffers[0] else [], device=dev)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)

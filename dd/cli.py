@@ -14,6 +14,7 @@ COMMANDS = {
     "show": "dd.commands.show",
     "buffer": "dd.commands.buffer",
     "distill": "dd.commands.distill",
+    "relabel": "dd.commands.relabel",
 }
 
 

@@ -112,5 +112,16 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def parse_assignments(items: list[str], option: str) -> dict[str, str]:
+    """KEY=VALUE strings (a repeatable command-line option) -> {key: value text}; a malformed item names the option."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

@@ -112,10 +112,10 @@ def test_corrupt_missing_and_foreign_buffers_are_refused(buf, tmp_path):
         s.check_compatible(dataset="mnist10k", model="convnet-d1")
     with pytest.raises(ValueError, match=r"model 'convnet-d1'.*model 'convnet'"):
         s.check_compatible(dataset="digits", model="convnet")
-    from dd.methods.driver import open_buffer
+    from dd.methods import build_method
 
     with pytest.raises(ValueError, match=r"'digits'.*'mnist10k'"):
-        open_buffer(buf, load_dataset("mnist10k"), "convnet-d1")
+        build_method("mtt", "mnist10k", 1, {"model": "convnet-d1"}, buffers=[buf])
 
 
 def test_incomplete_buffer_is_refused(buf, tmp_path):

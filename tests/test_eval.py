@@ -211,10 +211,10 @@ def test_report_markdown_and_json_round_trip(tmp_path):
             EvalResult("full", "convnet", "mnist10k", [0.985], {**p, "epochs": 30})]
     rep = Report(rows, meta={"dataset": "mnist10k"})
     # population std of (90, 92, 94) = sqrt(8/3) = 1.63
-    assert rep.to_markdown() == ("| set | arch | dataset | IPC | epochs | runs | accuracy (%) |\n"
-                                 "|---|---|---|---|---|---|---|\n"
-                                 "| dm | convnet | mnist10k | 10 | 300 | 3 | 92.00 ± 1.63 |\n"
-                                 "| full | convnet | mnist10k | all | 30 | 1 | 98.50 ± 0.00 |\n")
+    assert rep.to_markdown() == ("| set | arch | dataset | IPC | protocol | epochs | runs | accuracy (%) |\n"
+                                 "|---|---|---|---|---|---|---|---|\n"
+                                 "| dm | convnet | mnist10k | 10 | hard | 300 | 3 | 92.00 ± 1.63 |\n"
+                                 "| full | convnet | mnist10k | all | hard | 30 | 1 | 98.50 ± 0.00 |\n")
     j, m = rep.save(tmp_path)
     loaded = Report.load_json(j)
     assert loaded == json.loads(json.dumps(rep.to_dict()))
@@ -264,7 +264,7 @@ def test_dd_eval_baseline_writes_json_and_markdown(tmp_path, capsys):
     data = json.loads((tmp_path / "eval.json").read_text())
     assert [(r["name"], r["ipc"], r["runs"], r["protocol"]["epochs"]) for r in data["rows"]] == [("random-real", 2, 2, 2)]
     md = (tmp_path / "eval.md").read_text()
-    assert "| random-real | convnet-w32 | digits | 2 | 2 | 2 |" in md
+    assert "| random-real | convnet-w32 | digits | 2 | hard | 2 | 2 |" in md
     assert "random-real [convnet-w32, digits, ipc=2]" in capsys.readouterr().out
 
 

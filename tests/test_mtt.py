@@ -7,8 +7,7 @@ import torch
 from dd.buffers import TrajectoryStore, record_buffer
 from dd.buffers.config import BufferConfig
 from dd.data import load_dataset
-from dd.methods import METHODS, DistillationDiverged, distill
-from dd.methods.base import config_from_dict
+from dd.methods import DistillationDiverged, build_method, distill
 from dd.methods.datm import start_epoch_bound
 from dd.methods.ftd import buffer_is_flat
 from dd.methods.mtt import ema_update, perturb_conv_weights
@@ -34,11 +33,7 @@ def digits():
 
 
 def _method(name, digits, buffer, ipc=2, **cfg):
-    cls = METHODS.get(name)
-    m = cls(config_from_dict(cls.Config, {**TINY, **cfg}), digits, ipc, torch.device("cpu"),
-            torch.Generator().manual_seed(0), buffer=TrajectoryStore(buffer))
-    m.init_synset()
-    return m
+    return build_method(name, digits, ipc, {**TINY, **cfg}, buffers=[buffer])
 
 
 def test_mtt_reduces_the_matching_loss_on_a_fixed_segment(digits, buffer):

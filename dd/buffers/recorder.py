@@ -5,10 +5,8 @@ under torchrun experts are dealt round-robin to ranks and rank 0 writes the mani
 """
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,6 +17,7 @@ from dd.buffers.config import BufferConfig
 from dd.buffers.steps import expert_step
 from dd.buffers.store import FORMAT, MANIFEST, buffer_key, param_key, shard_name
 from dd.data import ImageDataset, load_dataset
+from dd.distributed import ProcessGroup
 from dd.utils import atomic_write_bytes, atomic_write_json, resolve_device, sha256_file, to_jsonable, versions
 
 SHARD_FORMAT = "dd-trajectory-shard/1"
@@ -121,31 +120,6 @@ def read_shard_header(path: Path) -> Optional[dict]:
         return None
 
 
-class _Dist:
-    """torch.distributed when launched by torchrun (WORLD_SIZE > 1), else a single process."""
-
-    def __init__(self, device: torch.device):
-        import torch.distributed as dist
-
-        self.dist = dist
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.owned = False
-        if self.world > 1 and not dist.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, timeout=datetime.timedelta(hours=72))
-            self.owned = True
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            self.dist.barrier()
-
-    def close(self) -> None:
-        if self.owned:
-            self.dist.destroy_process_group()
-
-
 def _dataset_entry(ds: ImageDataset) -> dict:
     return to_jsonable(ds.describe)
 
@@ -191,9 +165,8 @@ def record_buffer(config: BufferConfig, out: str | Path, device="auto", data_roo
     cfg = config
     out = Path(out)
     dev = resolve_device(device)
-    ctx = _Dist(dev)
-    if ctx.world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", ctx.local_rank)
+    ctx = ProcessGroup(dev)
+    dev = ctx.local_device()
     try:
         ds = dataset if dataset is not None else load_dataset(cfg.dataset, root=data_root, zca=cfg.zca)
         if ds.name.split(":")[0] != cfg.dataset:

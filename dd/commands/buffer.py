@@ -64,13 +64,12 @@ def parse_options(items: list[str]) -> dict:
     """KEY=VALUE strings -> dict; values are read as JSON when they parse (16, 0.5, true), else kept as text."""
     import json
 
+    from dd.utils import parse_assignments
+
     out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--model-option expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
+    for k, v in parse_assignments(items, "--model-option").items():
         try:
-            out[k.strip()] = json.loads(v)
+            out[k] = json.loads(v)
         except json.JSONDecodeError:
-            out[k.strip()] = v.strip()
+            out[k] = v
     return out

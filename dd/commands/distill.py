@@ -13,6 +13,7 @@ def add_parser(sub, name):
     p.add_argument("--dataset", default=None, help="dataset name (default mnist10k)")
     p.add_argument("--ipc", type=int, default=None, help="images per class (default 10)")
     p.add_argument("--buffer", default=None, help="expert-trajectory buffer directory (trajectory matching)")
+    add_teacher_options(p)
     p.add_argument("--iterations", type=int, default=None, help="outer iterations (default 1000)")
     p.add_argument("--config", default=None, help="JSON file of method options and run options ('run': {...})")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -29,27 +30,33 @@ def add_parser(sub, name):
     return p
 
 
+def add_teacher_options(p) -> None:
+    """--teacher (repeatable) and --teacher-model: the options every command that reads teachers shares."""
+    p.add_argument("--teacher", dest="teachers", action="append", default=[], metavar="SPEC",
+                   help="a teacher: DIR or DIR@E (a `dd buffer` directory, expert E), a checkpoint file, or "
+                        "package.module:callable (repeatable)")
+    p.add_argument("--teacher-model", default=None, help="architecture of a checkpoint teacher that does not name it")
+
+
 def run(args) -> int:
     from dd.methods import distill
+    from dd.utils import parse_assignments
 
     cfg: dict = {}
     run_cfg: dict = {}
     if args.config:
         loaded = json.loads(Path(args.config).read_text())
         run_cfg.update(loaded.pop("run", {}))
-        for k in ("method", "dataset", "ipc", "buffer"):  # the command line wins over the file
+        loaded.pop("notes", None)  # the config's sources and commands, for people
+        for k in ("method", "dataset", "ipc", "buffer", "teachers", "teacher_model"):  # the command line wins over the file
             value = loaded.pop(k, None)
-            if getattr(args, k) is None:
+            if getattr(args, k) in (None, []):
                 setattr(args, k, value)
         cfg.update(loaded)
     for k, default in (("method", "dm"), ("dataset", "mnist10k"), ("ipc", 10)):
         if getattr(args, k) is None:
             setattr(args, k, default)
-    for item in args.sets:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        cfg[k.strip()] = v.strip()
+    cfg.update(parse_assignments(args.sets, "--set"))
     if args.model:
         cfg["model"] = args.model
     for key, val in (("iterations", args.iterations), ("eval_epochs", args.eval_epochs), ("eval_runs", args.eval_runs),
@@ -62,7 +69,8 @@ def run(args) -> int:
         run_cfg["baselines"] = ("random",)
     run_cfg["wandb"] = args.wandb or run_cfg.get("wandb", False)
     out = args.out or f"runs/{args.method}_{args.dataset}_ipc{args.ipc}_seed{args.seed}"
-    res = distill(args.method, args.dataset, args.ipc, out=out, buffer=args.buffer, config=cfg, run=run_cfg,
-                  device=args.device, seed=args.seed, data_root=args.data_root, resume=not args.restart)
+    res = distill(args.method, args.dataset, args.ipc, out=out, buffer=args.buffer, teachers=args.teachers or (),
+                  teacher_model=args.teacher_model, config=cfg, run=run_cfg, device=args.device, seed=args.seed,
+                  data_root=args.data_root, resume=not args.restart)
     print(f"wrote {Path(out) / 'synset.safetensors'}, {Path(out) / 'synset.png'} and {Path(out) / 'eval.md'}")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 
 def add_parser(sub, name):
     from dd.cli import add_common
+    from dd.commands.distill import add_teacher_options
 
     p = sub.add_parser(name, help="evaluate a synthetic set or a baseline under the standard protocol")
     p.add_argument("synset", nargs="?", help="a .safetensors synthetic set (or an MTT images_best.pt)")
@@ -15,41 +16,93 @@ def add_parser(sub, name):
     p.add_argument("--ipc", type=int, default=None, help="images per class for --baseline random")
     p.add_argument("--model", "--models", dest="models", default="convnet",
                    help="architecture(s), comma-separated, e.g. convnet-w32,mlp,lenet")
-    p.add_argument("--protocol", default="hard", help="hard (DC/MTT), soft (label distributions)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (protocol default 1000)")
     p.add_argument("--full-epochs", type=int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")
-    p.add_argument("--lr", type=float, default=None, help="override the protocol lr (and ignore a learned lr)")
     p.add_argument("--runs", type=int, default=5, help="fresh networks per row")
     p.add_argument("--no-baselines", action="store_true", help="with a set: do not add the random/full rows")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the dataset (baselines only; sets record their own)")
+    add_protocol_options(p)
+    add_teacher_options(p)
+    p.add_argument("--labels", default=None, help="a `dd relabel` directory: train on its stored teacher labels")
     add_common(p)
     return p
 
 
-def run(args) -> int:
-    from dd.data import DEFAULT_DATASET, load_dataset
-    from dd.eval import build_report, get_protocol
-    from dd.synset import SyntheticSet
-    from dd.utils import seed_everything
+def add_protocol_options(p) -> None:
+    """The evaluation protocol and its options (shared by eval and relabel)."""
+    p.add_argument("--protocol", default=None,
+                   help="hard (DC/MTT), soft (label distributions) or teacher (KD from --teacher); default: the one the "
+                        "set records, else hard")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (protocol default: hard 1000, teacher 300)")
+    p.add_argument("--lr", type=float, default=None, help="override the protocol lr (and ignore a learned lr)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
+    p.add_argument("--temperature", type=float, default=None, help="teacher protocol: softmax temperature T")
+    p.add_argument("--teacher-bn", choices=["eval", "train"], default=None,
+                   help="teacher protocol: BN with running statistics (eval) or each batch's own (train)")
+    p.add_argument("--mix", choices=["none", "cutmix", "mixup"], default=None, help="teacher protocol: batch mixing")
+    p.add_argument("--protocol-option", dest="protocol_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other protocol field, e.g. --protocol-option crop_scale=0.5,1 (repeatable)")
 
-    seed_everything(args.seed)
-    overrides = {"epochs": args.epochs}
+
+def protocol_from_args(args, recorded: dict | None = None):
+    """The protocol named on the command line (else the one a set records, else hard) with every option applied."""
+    from dd.eval import Protocol, get_protocol
+    from dd.methods.base import coerce_fields
+    from dd.utils import parse_assignments
+
+    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
+                 "temperature": args.temperature, "teacher_bn": args.teacher_bn, "mix": args.mix}
     if args.lr is not None:
         overrides.update(lr=args.lr, use_learned_lr=False)
-    protocol = get_protocol(args.protocol, **overrides)
+    overrides.update(coerce_fields(Protocol, parse_assignments(args.protocol_options, "--protocol-option")))
+    base = args.protocol or (recorded if recorded else "hard")
+    return get_protocol(base, **overrides)
+
+
+def teacher_for(args, synset, dataset, device):
+    """--teacher (several: an equal-weight committee), else the teacher(s) the set records; None when there is none."""
+    from dd.teachers import Committee, open_teacher, teacher_from_records
+
+    if args.teachers:
+        members = [open_teacher(t, args.teacher_model) for t in args.teachers]
+        for m in members:
+            m.check_compatible(dataset.name, dataset.zca is not None)
+        modules = [m.module(dataset, device) for m in members]
+        return modules[0] if len(modules) == 1 else Committee(modules, [1.0 / len(modules)] * len(modules))
+    evaluation = (synset.meta.get("evaluation") or {}) if synset is not None else {}
+    if evaluation.get("teachers"):
+        return teacher_from_records(evaluation["teachers"], dataset, device, evaluation.get("teacher_weights"))
+    return None
+
+
+def run(args) -> int:
+    from dd.data import DEFAULT_DATASET, load_dataset
+    from dd.eval import build_report
+    from dd.synset import SyntheticSet
+    from dd.utils import resolve_device, seed_everything
+
+    seed_everything(args.seed)
     archs = [a.strip() for a in args.models.split(",") if a.strip()]
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
         raise ValueError("give a synthetic set file or --baseline random|full")
+    recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
+    protocol = protocol_from_args(args, recorded)
     name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
     zca = bool(synset.meta.get("zca")) if synset is not None else args.zca
     dataset = load_dataset(name, root=args.data_root, zca=zca)
+    device = resolve_device(args.device)
+    teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
+    if protocol.labels == "teacher" and teacher is None:
+        raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `dd buffer` directory)")
+    if args.labels and protocol.labels != "teacher":
+        raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
     baselines = args.baseline or ([] if args.no_baselines else ["random", "full"])
     if "random" in baselines and args.ipc is None and synset is None:
         raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
                           full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
-                          device=args.device, seed=args.seed)
+                          device=device, seed=args.seed, teacher=teacher, labels=args.labels)
     for r in report.rows:
         print(r)
     print()

@@ -60,18 +60,21 @@ def dataset_for(synset: SyntheticSet, root: str | None = None) -> ImageDataset:
 
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDataset, arch: str, protocol: Protocol,
-                   *, seed: int, device: torch.device, lr: Optional[float] = None, teacher=None,
+                   *, seed: int, device: torch.device, lr: Optional[float] = None, teacher=None, stored=None,
                    model_options: Optional[dict] = None, progress: bool = False) -> float:
     """One run: seeded fresh model, trained on (images, labels), accuracy on dataset's test split."""
     torch.manual_seed(seed)
     model = build_model(arch, dataset.channels, dataset.num_classes, dataset.image_size, **(model_options or {})).to(device)
+    if teacher is not None:
+        teacher = teacher.to(device)
     train_model(model, images.to(device), labels.to(device), protocol, lr=lr, seed=seed, flip_ok=dataset.flip_ok,
-                teacher=teacher, progress=progress, desc=f"{arch} seed {seed}")
+                teacher=teacher, stored=stored, progress=progress, desc=f"{arch} seed {seed}")
     return accuracy(model, dataset.test_images.to(device), dataset.test_labels.to(device), protocol.test_batch_size)
 
 
 def _runs(name: str, make_data: Callable[[int], tuple[torch.Tensor, torch.Tensor, Optional[float]]], dataset: ImageDataset,
-          arch: str, protocol: Protocol, runs: int, seed: int, device, ipc, teacher, model_options, progress) -> EvalResult:
+          arch: str, protocol: Protocol, runs: int, seed: int, device, ipc, teacher, model_options, progress,
+          stored=None) -> EvalResult:
     device = resolve_device(device)
     accs = []
     start = time.perf_counter()
@@ -79,29 +82,45 @@ def _runs(name: str, make_data: Callable[[int], tuple[torch.Tensor, torch.Tensor
     for r in bar:
         x, y, lr = make_data(seed + r)
         accs.append(train_and_test(x, y, dataset, arch, protocol, seed=seed + r, device=device, lr=lr, teacher=teacher,
-                                   model_options=model_options))
+                                   stored=stored, model_options=model_options))
         bar.set_postfix(acc=f"{100 * accs[-1]:.2f}")
     return EvalResult(name, arch, dataset.name, accs, protocol.to_dict(), ipc, time.perf_counter() - start)
 
 
 def evaluate(synset: SyntheticSet, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 5, *,
-             dataset: Optional[ImageDataset] = None, device="auto", seed: int = 0, teacher=None,
+             dataset: Optional[ImageDataset] = None, device="auto", seed: int = 0, teacher=None, labels=None,
              model_options: Optional[dict] = None, progress: bool = True, name: str = "synthetic") -> EvalResult:
-    """Trains `runs` fresh `arch` networks on `synset` and reports test accuracy (last epoch) mean ± std."""
+    """Trains `runs` fresh `arch` networks on `synset` and reports test accuracy (last epoch) mean ± std.
+
+    teacher: the module that labels each view under the teacher protocol; labels: a `dd relabel` directory
+    (or StoredLabels) to train on instead of running the teacher.
+    """
     protocol = get_protocol(protocol)
     dataset = dataset or dataset_for(synset)
     _check_compatible(synset, dataset)
     lr = synset.lr if (protocol.use_learned_lr and synset.lr is not None) else None
-    images, labels = synset.images.detach(), synset.labels.detach()
-    res = _runs(name, lambda s: (images, labels, lr), dataset, arch, protocol, runs, seed, device, synset.ipc, teacher,
-                model_options, progress)
+    images = synset.images.detach()
+    stored = None
+    if labels is not None:
+        from dd.eval.labels import StoredLabels
+
+        stored = labels if isinstance(labels, StoredLabels) else StoredLabels(labels)
+    y = synset.labels.detach()
+    res = _runs(name, lambda s: (images, y, lr), dataset, arch, protocol, runs, seed, device, synset.ipc, teacher,
+                model_options, progress, stored)
     res.extra["lr"] = lr if lr is not None else protocol.lr
+    res.extra["image_bytes"] = images.numel() * images.element_size()
+    res.extra["label_bytes"] = stored.nbytes if stored is not None else y.numel() * y.element_size()
+    if stored is not None:
+        res.extra["labels"] = str(stored.path)
     return res
 
 
 def evaluate_random(dataset: ImageDataset, ipc: int, arch: str = "convnet", protocol: str | Protocol = "hard",
-                    runs: int = 5, *, device="auto", seed: int = 0, model_options=None, progress: bool = True) -> EvalResult:
-    """Random-real baseline: a fresh random selection of `ipc` images per class for every run."""
+                    runs: int = 5, *, device="auto", seed: int = 0, teacher=None, model_options=None,
+                    progress: bool = True) -> EvalResult:
+    """Random-real baseline: a fresh random selection of `ipc` images per class for every run (same protocol and
+    teacher as the set it is compared with)."""
     protocol = get_protocol(protocol)
     hard = _for_real_images(protocol)
 
@@ -109,17 +128,17 @@ def evaluate_random(dataset: ImageDataset, ipc: int, arch: str = "convnet", prot
         sel = SyntheticSet.from_real(dataset, ipc, torch.Generator().manual_seed(10_000 + s))
         return sel.images, sel.labels, None
 
-    return _runs("random-real", make, dataset, arch, hard, runs, seed, device, ipc, None, model_options, progress)
+    return _runs("random-real", make, dataset, arch, hard, runs, seed, device, ipc, teacher, model_options, progress)
 
 
 def evaluate_full(dataset: ImageDataset, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 1, *,
-                  epochs: Optional[int] = None, device="auto", seed: int = 0, model_options=None,
+                  epochs: Optional[int] = None, device="auto", seed: int = 0, teacher=None, model_options=None,
                   progress: bool = True) -> EvalResult:
     """Full-data baseline: the whole training split under the same protocol (epochs may be overridden)."""
     protocol = get_protocol(protocol).with_(epochs=epochs)
     hard = _for_real_images(protocol)
     x, y = dataset.train_images, dataset.train_labels
-    return _runs("full", lambda s: (x, y, None), dataset, arch, hard, runs, seed, device, None, None, model_options,
+    return _runs("full", lambda s: (x, y, None), dataset, arch, hard, runs, seed, device, None, teacher, model_options,
                  progress)
 
 
@@ -150,8 +169,8 @@ def cross_arch(synset: SyntheticSet, archs: Sequence[str], protocol: str | Proto
 def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol: str | Protocol = "hard", runs: int = 5,
                  *, dataset: Optional[ImageDataset] = None, ipc: Optional[int] = None,
                  baselines: Sequence[str] = ("random", "full"), full_epochs: Optional[int] = 30, full_runs: int = 1,
-                 device="auto", seed: int = 0, teacher=None, progress: bool = True) -> "Report":
-    """Synthetic set (if any) and the baselines, for each architecture, under one protocol."""
+                 device="auto", seed: int = 0, teacher=None, labels=None, progress: bool = True) -> "Report":
+    """Synthetic set (if any) and the baselines, for each architecture, under one protocol (and one teacher)."""
     from dd.eval.report import Report
 
     protocol = get_protocol(protocol)
@@ -164,13 +183,15 @@ def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol:
     for arch in archs:
         if synset is not None:
             rows.append(evaluate(synset, arch, protocol, runs, dataset=dataset, device=device, seed=seed,
-                                 teacher=teacher, progress=progress, name=synset.meta.get("method", "synthetic")))
+                                 teacher=teacher, labels=labels, progress=progress,
+                                 name=synset.meta.get("method", "synthetic")))
         if "random" in baselines:
             if ipc is None:
                 raise ValueError("the random-real baseline needs --ipc")
-            rows.append(evaluate_random(dataset, ipc, arch, protocol, runs, device=device, seed=seed, progress=progress))
+            rows.append(evaluate_random(dataset, ipc, arch, protocol, runs, device=device, seed=seed, teacher=teacher,
+                                        progress=progress))
         if "full" in baselines:
             rows.append(evaluate_full(dataset, arch, protocol, full_runs, epochs=full_epochs, device=device, seed=seed,
-                                      progress=progress))
+                                      teacher=teacher, progress=progress))
     return Report(rows, meta={"dataset": dataset.name, "protocol": protocol.to_dict(), "runs": runs,
                               "synset": synset.meta if synset is not None else None})

@@ -6,29 +6,42 @@ from dataclasses import asdict, dataclass, replace
 from dd.augment.dsa import DEFAULT_STRATEGY
 
 
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+MIXES = ("none", "cutmix", "mixup")
+TEACHER_BN = ("eval", "train")
+
+
 @dataclass(frozen=True)
 class Protocol:
     """The DC/MTT hard-label protocol by default: SGD(0.9, wd 5e-4), lr 0.01, batch 256, lr x0.1 at half.
 
     labels: 'hard' trains with cross-entropy on class ids (soft labels are argmaxed); 'soft' trains with
-    soft cross-entropy on the set's label distributions (DATM); 'teacher' distils a teacher's softened
-    outputs on each augmented batch (KL * T^2, the SRe2L/CDA/CV-DD protocol; pass `teacher=` to the harness).
-    The reported accuracy is always the last epoch's, never the best on the test set.
+    soft cross-entropy on the set's label distributions (DATM); 'teacher' distils a teacher's outputs on
+    every augmented view, KL(teacher/T || student/T) * T^2 (the SRe2L/CDA/CV-DD protocol; pass `teacher=`
+    or stored labels to the harness). The reported accuracy is always the last epoch's, never the best.
     """
 
     name: str = "hard"
     epochs: int = 1000
     lr: float = 0.01
     use_learned_lr: bool = True  # a set's learned lr (MTT) replaces `lr`
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD only
     weight_decay: float = 5e-4
     batch_size: int = 256
-    lr_decay_at: float = 0.5  # fraction of the epochs at which lr is multiplied by lr_decay
+    optimizer: str = "sgd"  # 'sgd' or 'adamw'
+    schedule: str = "step"  # 'step': lr x lr_decay at lr_decay_at of the epochs; 'cosine': per-epoch cosine to 0
+    lr_decay_at: float = 0.5
     lr_decay: float = 0.1
-    dsa: bool = True
+    dsa: bool = True  # per-sample DSA on every batch
     dsa_strategy: str = DEFAULT_STRATEGY
+    crop: bool = False  # random-resized crop (+ flip where the data allows) per image: the teacher protocol's views
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    mix: str = "none"  # 'cutmix' or 'mixup' per batch (teacher protocol; the teacher labels the mixed view)
+    mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
     labels: str = "hard"  # 'hard' | 'soft' | 'teacher'
     temperature: float = 1.0  # for 'teacher'
+    teacher_bn: str = "eval"  # 'eval': running statistics; 'train': each batch's own statistics (CV-DD's choice)
     test_batch_size: int = 1000
 
     def __post_init__(self) -> None:
@@ -36,9 +49,24 @@ class Protocol:
             raise ValueError(f"protocol labels must be 'hard', 'soft' or 'teacher', got {self.labels!r}")
         if self.epochs < 1:
             raise ValueError("protocol epochs must be >= 1")
+        for field_name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
+                                           ("mix", self.mix, MIXES), ("teacher_bn", self.teacher_bn, TEACHER_BN)):
+            if value not in allowed:
+                raise ValueError(f"protocol {field_name} must be one of {allowed}, got {value!r}")
+        if self.crop and self.dsa:
+            raise ValueError("protocol: choose crop views or DSA, not both")
+        if (self.crop or self.mix != "none") and self.labels != "teacher":
+            raise ValueError("crop views and mixing label each view with the teacher: use them with labels='teacher'")
+        if not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if self.temperature <= 0 or self.batch_size < 1:
+            raise ValueError("protocol temperature must be > 0 and batch_size >= 1")
 
     def with_(self, **changes) -> "Protocol":
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "crop_scale" in changes:
+            changes["crop_scale"] = tuple(float(v) for v in changes["crop_scale"])
+        return replace(self, **changes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,13 +75,23 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {
     "hard": Protocol(),
     "soft": Protocol(name="soft", labels="soft"),
-    "teacher": Protocol(name="teacher", labels="teacher", temperature=4.0),
+    # SRe2L/CDA/CV-DD post-training: KD from a teacher on random-resized crops with CutMix, AdamW + cosine
+    "teacher": Protocol(name="teacher", labels="teacher", epochs=300, lr=1e-3, use_learned_lr=False, weight_decay=0.01,
+                        batch_size=64, optimizer="adamw", schedule="cosine", dsa=False, crop=True, mix="cutmix",
+                        temperature=20.0),
 }
 
 
 def get_protocol(name: str | Protocol = "hard", **overrides) -> Protocol:
+    """A named protocol (or a given one) with `overrides` (None values are ignored) applied."""
     if isinstance(name, Protocol):
         return name.with_(**overrides)
+    if isinstance(name, dict):
+        return Protocol(**{k: tuple(v) if k == "crop_scale" else v for k, v in name.items()}).with_(**overrides)
     if name not in PROTOCOLS:
         raise KeyError(f"unknown protocol '{name}'; known: {', '.join(PROTOCOLS)}")
+    known = set(Protocol.__dataclass_fields__)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown protocol option(s) {unknown}; known: {sorted(known)}")
     return PROTOCOLS[name].with_(**overrides)

@@ -17,12 +17,25 @@ class Report:
         return to_jsonable({"rows": [r.to_dict() for r in self.rows], "meta": self.meta, "versions": versions()})
 
     def to_markdown(self) -> str:
-        lines = ["| set | arch | dataset | IPC | epochs | runs | accuracy (%) |", "|---|---|---|---|---|---|---|"]
+        lines = ["| set | arch | dataset | IPC | protocol | epochs | runs | accuracy (%) |",
+                 "|---|---|---|---|---|---|---|---|"]
         for r in self.rows:
             ipc = "all" if r.ipc is None else r.ipc
-            lines.append(f"| {r.name} | {r.arch} | {r.dataset} | {ipc} | {r.protocol['epochs']} | {len(r.accs)} | "
-                         f"{100 * r.mean:.2f} ± {100 * r.std:.2f} |")
-        return "\n".join(lines) + "\n"
+            lines.append(f"| {r.name} | {r.arch} | {r.dataset} | {ipc} | {r.protocol.get('name', '?')} | "
+                         f"{r.protocol['epochs']} | {len(r.accs)} | {100 * r.mean:.2f} ± {100 * r.std:.2f} |")
+        notes = []
+        for r in self.rows:
+            if "image_bytes" in r.extra and r.arch == self.rows[0].arch:
+                where = f" ({r.extra['labels']})" if r.extra.get("labels") else ""
+                notes.append(f"storage of '{r.name}': images {r.extra['image_bytes']:,} bytes, "
+                             f"labels {r.extra['label_bytes']:,} bytes{where}")
+        protocols = {r.protocol.get("name") for r in self.rows}
+        if "teacher" in protocols:
+            p = next(r.protocol for r in self.rows if r.protocol.get("name") == "teacher")
+            notes.append(f"teacher protocol: KL x T^2 with T={p['temperature']}, {p['optimizer']} lr {p['lr']} wd "
+                         f"{p['weight_decay']}, {p['schedule']} schedule, batch {p['batch_size']}, crop scale "
+                         f"{tuple(p['crop_scale'])}, mix {p['mix']}, teacher BN {p['teacher_bn']}")
+        return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
     def save(self, out_dir: str | Path, stem: str = "eval") -> tuple[Path, Path]:
         out = Path(out_dir)

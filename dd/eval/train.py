@@ -1,6 +1,7 @@
 """Trains one fresh network on given images/labels under a Protocol and returns its final test accuracy."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Optional
 
@@ -10,7 +11,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dd.augment.dsa import DSA, DSAParams
+from dd.eval.labels import teacher_forward
 from dd.eval.protocol import Protocol
+from dd.eval.views import apply_views, draw_views, epoch_generator
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -37,48 +40,88 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / max(1, len(images))
 
 
+def make_optimizer(model: nn.Module, protocol: Protocol, lr: float) -> torch.optim.Optimizer:
+    if protocol.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=protocol.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+
+
+def lr_at(protocol: Protocol, lr: float, epoch: int) -> float:
+    """The protocol's lr in `epoch`: step decay at lr_decay_at of the epochs, or a per-epoch cosine to zero."""
+    if protocol.schedule == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / protocol.epochs))
+    decay_epoch = int(protocol.epochs * protocol.lr_decay_at)
+    return lr * protocol.lr_decay if (epoch >= decay_epoch and decay_epoch > 0) else lr
+
+
 def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, protocol: Protocol, *,
                 lr: Optional[float] = None, seed: int = 0, flip_ok: bool = True,
-                teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, progress: bool = False,
+                teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, stored=None, progress: bool = False,
                 desc: str = "train") -> dict:
     """Trains `model` in place on (images, labels); returns {'lr', 'final_loss', 'seconds'}.
 
-    labels may be class ids (N,) or distributions (N, K); how they are used follows `protocol.labels`.
+    labels may be class ids (N,) or distributions (N, K); how they are used follows `protocol.labels`. The
+    teacher protocol labels every view with `teacher`, or reads stored labels (`stored`, a StoredLabels).
     Randomness (batch order, augmentation) comes from a generator seeded with `seed`.
     """
     device = images.device
     g = torch.Generator().manual_seed(seed)
     lr = float(lr if lr is not None else protocol.lr)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=protocol.momentum, weight_decay=protocol.weight_decay)
-    decay_epoch = int(protocol.epochs * protocol.lr_decay_at)
+    opt = make_optimizer(model, protocol, lr)
     dsa = DSA(DSAParams(strategy=protocol.dsa_strategy), allow_flip=flip_ok) if protocol.dsa else None
-    if protocol.labels == "teacher" and teacher is None:
-        raise ValueError("protocol 'teacher' needs a teacher model: pass teacher=...")
+    if protocol.labels == "teacher" and teacher is None and stored is None:
+        raise ValueError("protocol 'teacher' needs a teacher model or stored labels: pass teacher=... or --labels DIR")
+    if stored is not None:
+        stored.check(images, protocol)
+    t_model = teacher_forward(teacher, protocol) if (teacher is not None and stored is None) else None
     targets = labels
     if protocol.labels == "hard" and labels.ndim == 2:
         targets = labels.argmax(1)
     # 'soft' with class ids: cross-entropy on ids equals soft cross-entropy on their one-hot rows (and needs no
     # guess of the class count from labels.max(), which is wrong when the last class is absent)
-    n = len(images)
-    model.train()
-    start = time.perf_counter()
-    loss_val = float("nan")
-    bar = tqdm(range(protocol.epochs), desc=desc, disable=not progress, leave=False)
-    for ep in bar:
-        if ep == decay_epoch and ep > 0:
-            for grp in opt.param_groups:
-                grp["lr"] *= protocol.lr_decay
-        perm = torch.randperm(n, generator=g).to(device)
-        for i in range(0, n, protocol.batch_size):
+
+    def batches(ep: int):
+        """(augmented images, targets) of one epoch: crop views (teacher protocol) or shuffled DSA batches."""
+        if protocol.crop:
+            if stored is not None:
+                data = stored.epoch(images.cpu(), ep)
+                for x, t_logits in torch.utils.data.DataLoader(data, batch_size=None, shuffle=False):
+                    yield x.to(device), t_logits.to(device)
+                return
+            views = draw_views(len(images), tuple(images.shape[-2:]), protocol.batch_size, epoch_generator(seed, ep),
+                               scale=protocol.crop_scale, flip=flip_ok, mix=protocol.mix, alpha=protocol.mix_alpha)
+            for b in range(views.num_batches):
+                x = apply_views(images, views, b)
+                with torch.no_grad():
+                    t_logits = t_model(x)
+                yield x, t_logits  # outside no_grad: the student trains on it
+            return
+        perm = torch.randperm(len(images), generator=g).to(device)
+        for i in range(0, len(images), protocol.batch_size):
             idx = perm[i:i + protocol.batch_size]
             x, y = images[idx], targets[idx]
             if dsa is not None:
                 x = dsa(x, generator=g)
+            if t_model is not None:
+                with torch.no_grad():
+                    y = t_model(x)
+            yield x, y
+
+    model.train()
+    start = time.perf_counter()
+    loss_val = float("nan")
+    bar = tqdm(range(protocol.epochs), desc=desc, disable=not progress, leave=False)
+    current = lr
+    for ep in bar:
+        new = lr_at(protocol, lr, ep)
+        if new != current:
+            for grp in opt.param_groups:
+                grp["lr"] = new
+            current = new
+        for x, y in batches(ep):
             out = model(x)
             if protocol.labels == "teacher":
-                with torch.no_grad():
-                    t_out = teacher(x)
-                loss = distillation_loss(out, t_out, protocol.temperature)
+                loss = distillation_loss(out, y, protocol.temperature)
             elif y.ndim == 2:
                 loss = soft_cross_entropy(out, y)
             else:

@@ -1,11 +1,12 @@
 """Synthesizers: one module per method, registered by name; `distill()` runs any of them."""
-from dd.methods.base import DistillationDiverged, Method, MethodConfig
+from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method, MethodConfig
 from dd.methods.registry import METHODS
-from dd.methods.driver import DistillResult, RunConfig, distill
+from dd.methods.driver import DistillResult, RunConfig, build_method, distill, prepare
 from dd.methods import dm as _dm  # noqa: F401  (each import registers a method)
 from dd.methods import mtt as _mtt  # noqa: F401
 from dd.methods import ftd as _ftd  # noqa: F401
 from dd.methods import datm as _datm  # noqa: F401
 from dd.methods import datadam as _datadam  # noqa: F401
 
-__all__ = ["METHODS", "DistillResult", "DistillationDiverged", "Method", "MethodConfig", "RunConfig", "distill"]
+__all__ = ["METHODS", "DistillResult", "DistillationDiverged", "EvalPlan", "Inputs", "Method", "MethodConfig", "RunConfig",
+           "build_method", "distill", "prepare"]

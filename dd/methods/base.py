@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -33,28 +34,89 @@ class MethodConfig:
     zca: bool = False  # whiten the dataset with ZCA (MTT does for CIFAR)
 
 
+@dataclass
+class Inputs:
+    """What a method reads besides the data, opened, checked and hashed by the driver: expert buffers, teachers."""
+
+    buffers: list = field(default_factory=list)  # dd.buffers.TrajectoryStore
+    teachers: list = field(default_factory=list)  # dd.teachers.TeacherSource
+
+    def hashes(self) -> dict:
+        """Every input's hash, for the checkpoint identity and the set's metadata."""
+        return {"buffers": [{"path": str(b.path), "sha256": b.manifest_sha256} for b in self.buffers],
+                "teachers": [t.describe() for t in self.teachers]}
+
+
+@dataclass
+class EvalPlan:
+    """How a method's set must be scored: the protocol, the teacher module (if any) and its records, stored labels."""
+
+    protocol: Any = "hard"  # a protocol name or dd.eval.Protocol
+    teacher: Optional[torch.nn.Module] = None
+    teachers: list = field(default_factory=list)  # describe() records of the teachers behind `teacher`
+    teacher_weights: Optional[list] = None
+    labels: Optional[str] = None  # a directory written by `dd relabel` (None: labels on the fly)
+
+    def to_meta(self) -> dict:
+        from dd.eval import get_protocol
+
+        return {"protocol": get_protocol(self.protocol).to_dict(), "teachers": self.teachers,
+                "teacher_weights": self.teacher_weights, "labels": self.labels}
+
+
 class Method:
     """Base class: subclasses set `name`, `Config`, and implement `step` (one outer iteration).
 
-    Lifecycle: __init__(config, dataset, ipc, device, generator, buffer) -> init_synset() ->
-    step(it) x K -> current_set(). `state()`/`load_state()` checkpoint everything that changes.
+    Lifecycle: resolve_config(...) -> __init__(config, dataset, ipc, device, generator, inputs) -> init_synset() ->
+    step(it) x num_steps(iterations) -> current_set() -> finalize(set, out, protocol) -> evaluation().
+    `state()`/`load_state()` checkpoint everything that changes. Inputs are declared as (min, max) counts.
     """
 
     name: ClassVar[str] = "base"
     Config: ClassVar[type] = MethodConfig
-    needs_buffer: ClassVar[bool] = False
+    buffers: ClassVar[tuple[int, Optional[int]]] = (0, 0)  # expert buffers it reads (min, max; None: any number)
+    teachers: ClassVar[tuple[int, Optional[int]]] = (0, 0)  # teachers it reads
+    shardable: ClassVar[bool] = False  # step() may run under torchrun, each rank on its share (see num_steps)
+    partial_sets: ClassVar[bool] = False  # current_set() mid-run is partly unoptimized: validate only at the end
 
     def __init__(self, config: MethodConfig, dataset: ImageDataset, ipc: int, device: torch.device,
-                 generator: torch.Generator, buffer=None):
+                 generator: torch.Generator, inputs: Optional[Inputs] = None, group=None):
+        from dd.distributed import ProcessGroup
+
         self.config = config
         self.dataset = dataset
         self.ipc = ipc
         self.device = device
         self.g = generator
-        self.buffer = buffer
-        if self.needs_buffer and buffer is None:
-            raise ValueError(f"method '{self.name}' needs an expert buffer: pass --buffer DIR (record one with `dd buffer`)")
+        self.inputs = inputs or Inputs()
+        check_input_counts(type(self), len(self.inputs.buffers), len(self.inputs.teachers))
+        self.buffer = self.inputs.buffers[0] if self.inputs.buffers else None
+        self.group = group or ProcessGroup.single()  # rank/world under torchrun (shardable methods only)
         self.real = dataset.real(device)
+
+    # -- configuration, before any data is loaded ----------------------------------------------
+    @classmethod
+    def preset(cls, dataset: str, ipc: int) -> dict[str, Any]:
+        """Options the method's papers use for (dataset, ipc); they fill what the user and config file leave unset."""
+        return {}
+
+    @classmethod
+    def resolve_config(cls, values: dict[str, Any], dataset: str, ipc: int, inputs: Inputs) -> MethodConfig:
+        """user/config-file values > the preset for (dataset, ipc) > the dataclass defaults, as one typed config."""
+        return config_from_dict(cls.Config, {**cls.preset(dataset, ipc), **values})
+
+    # -- loop length and phases after the loop -----------------------------------------------------
+    def num_steps(self, iterations: int) -> int:
+        """How many step() calls `iterations` means for this method (and this rank); the default is one each."""
+        return iterations
+
+    def finalize(self, synset: SyntheticSet, out: Optional[Path], protocol) -> SyntheticSet:
+        """Runs once after the loop on the chosen set (e.g. relabeling under `protocol`, the report's); returns it."""
+        return synset
+
+    def evaluation(self) -> EvalPlan:
+        """The protocol (and teacher) the set is scored with: hard labels, or soft when the set has label distributions."""
+        return EvalPlan("soft" if self.current_set().soft else "hard")
 
     # -- to implement ---------------------------------------------------------------------------
     def init_synset(self) -> SyntheticSet:
@@ -127,17 +189,32 @@ def load_optimizer_state(opt: torch.optim.Optimizer, prefix: str, tensors: dict[
             opt.state[p] = st
 
 
+def check_input_counts(cls: type, buffers: int, teachers: int) -> None:
+    """Refuses too few or too many buffers/teachers for a method, saying how to pass them."""
+    for kind, have, flag, how in (("buffers", buffers, "--buffer DIR", "record one with `dd buffer`"),
+                                  ("teachers", teachers, "--teacher SPEC",
+                                   "train one with `dd buffer --experts 1 --out DIR` and pass DIR")):
+        lo, hi = getattr(cls, kind)
+        if have < lo:
+            raise ValueError(f"method '{cls.name}' needs {lo if hi == lo else f'at least {lo}'} {kind[:-1]}"
+                             f"{'s' if lo > 1 else ''}: pass {flag} ({how})")
+        if hi is not None and have > hi:
+            raise ValueError(f"method '{cls.name}' takes {'no' if hi == 0 else f'at most {hi}'} {kind}, got {have}")
+
+
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     """Builds a config dataclass, rejecting unknown keys with the list of known ones."""
+    return cls(**coerce_fields(cls, values))
+
+
+def coerce_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Converts command-line strings to a dataclass's field types; unknown keys are refused with the known ones."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    out = {}
-    for k, v in values.items():
-        out[k] = _coerce(v, hints.get(k, Any), k)
-    return cls(**out)
+    return {k: _coerce(v, hints.get(k, Any), k) for k, v in values.items()}
 
 
 def _coerce(v, typ, name):
@@ -156,5 +233,10 @@ def _coerce(v, typ, name):
             return False
         raise ValueError(f"option {name} expects true/false, got {v!r}")
     if typ in (int, float):
-        return typ(float(v)) if typ is int and "e" in v.lower() else typ(v)
+        try:
+            return typ(float(v)) if typ is int and "e" in v.lower() else typ(v)
+        except ValueError:
+            raise ValueError(f"option {name} expects {typ.__name__}, got {v!r}") from None
+    if typing.get_origin(typ) is tuple:
+        return tuple(float(p) for p in v.strip("()[] ").split(","))
     return v

@@ -49,16 +49,16 @@ class DATM(MTT):
     Config = DATMConfig
     HP_KEYS = MTT.HP_KEYS + ("min_start_epoch", "current_max_start_epoch", "expansion_end", "lr_y", "threshold")
 
-    @staticmethod
-    def presets(dataset: str, ipc: int) -> dict:
+    @classmethod
+    def preset(cls, dataset: str, ipc: int) -> dict:
         return datm_defaults(dataset, ipc)
 
     @property
     def learn_labels(self) -> bool:  # type: ignore[override]
         return self.config.soft_labels
 
-    def __init__(self, config, dataset, ipc, device, generator, buffer=None):
-        super().__init__(config, dataset, ipc, device, generator, buffer)
+    def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
+        super().__init__(config, dataset, ipc, device, generator, inputs, group)
         lo = int(self.hp["min_start_epoch"] or 0)
         if lo > self.max_start:
             raise ValueError(f"min_start_epoch={lo} exceeds the largest usable start epoch {self.max_start}")

@@ -6,19 +6,19 @@ save the best set and evaluate it on the test split with the harness, beside the
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from dd.data import ImageDataset, load_dataset
 from dd.eval import build_report, get_protocol, train_and_test
-from dd.methods.base import DistillationDiverged, Method, config_from_dict
+from dd.distributed import ProcessGroup
+from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, config_from_dict
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
 from dd.utils import atomic_write_bytes, atomic_write_text, resolve_device, to_jsonable, versions
@@ -30,14 +30,15 @@ CHECKPOINT = "checkpoint.safetensors"
 class RunConfig:
     """The driver's options (the method's own live in its Config)."""
 
-    iterations: int = 1000
+    iterations: int = 1000  # outer iterations (per batch of images for methods that recover batch by batch)
     eval_every: int = 100  # validate every N iterations (0: never; the final set is then the last one)
     val_fraction: float = 0.1  # carved, stratified, from the training split
     val_epochs: int = 300
     val_runs: int = 1
     eval_models: tuple[str, ...] = ()  # architectures of the final report (default: the method's model)
-    eval_epochs: int = 1000
+    eval_epochs: Optional[int] = None  # epochs of the final report (None: the protocol's own, 1000 hard / 300 teacher)
     eval_runs: int = 5
+    eval_options: dict = field(default_factory=dict)  # other Protocol fields of the final report (e.g. temperature)
     baselines: tuple[str, ...] = ("random", "full")
     full_epochs: int = 30
     checkpoint_minutes: float = 5.0
@@ -55,11 +56,15 @@ class DistillResult:
     history: list = field(default_factory=list)
 
 
-def _identity(method: str, dataset: str, ipc: int, seed: int, method_cfg: dict, run: RunConfig, buffer_hash) -> dict:
+def _identity(method: str, dataset: str, ipc: int, seed: int, method_cfg: dict, run: RunConfig, inputs: Inputs,
+              world: int = 1) -> dict:
     """What must match for a checkpoint to be resumed (cadence and iteration count may change)."""
     keep = {"val_fraction", "val_epochs", "val_runs"}
+    hashes = inputs.hashes()
     return to_jsonable({"method": method, "dataset": dataset, "ipc": ipc, "seed": seed, "config": method_cfg,
-                        "run": {k: v for k, v in asdict(run).items() if k in keep}, "buffer_sha256": buffer_hash})
+                        "run": {k: v for k, v in asdict(run).items() if k in keep}, "inputs": hashes,
+                        "buffer_sha256": hashes["buffers"][0]["sha256"] if hashes["buffers"] else None,
+                        **({"processes": world} if world > 1 else {})})
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -73,45 +78,111 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def open_buffer(path, dataset: ImageDataset, model: str):
+def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model: Optional[str] = None) -> Inputs:
+    """Opens (and hash-checks) every buffer and teacher a method is given; refuses counts it does not declare."""
     from dd.buffers import TrajectoryStore
+    from dd.teachers import open_teacher
 
-    store = TrajectoryStore(path)
-    store.check_compatible(dataset=dataset.name.split(":")[0], model=model)
-    return store
+    buffers = [b for b in buffers if b]
+    teachers = [t for t in teachers if t]
+    check_input_counts(cls, len(buffers), len(teachers))
+    return Inputs([TrajectoryStore(b) for b in buffers], [open_teacher(t, teacher_model) for t in teachers])
+
+
+def check_inputs(inputs: Inputs, dataset: str, cfg) -> None:
+    """Every buffer and teacher must come from this dataset and ZCA setting; buffers also from the method's model."""
+    for store in inputs.buffers:
+        store.check_compatible(dataset=dataset.split(":")[0], model=cfg.model)
+        if bool(store.config.get("zca", False)) != bool(cfg.zca):
+            raise ValueError(f"buffer '{store.path}' was recorded with zca={bool(store.config.get('zca'))} but this run "
+                             f"resolves zca={bool(cfg.zca)}; set zca to match or record another buffer")
+    for teacher in inputs.teachers:
+        teacher.check_compatible(dataset, cfg.zca)
+
+
+def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
+            teachers: Sequence = (), teacher_model: Optional[str] = None, data_root: Optional[str] = None):
+    """Resolves a run before touching data: (method class, resolved config, opened inputs, loaded dataset).
+
+    Order: open and hash the inputs -> resolve the config (user > config file > preset > default, plus rules that
+    read the inputs) -> check the inputs against it -> load the data with the resolved ZCA setting.
+    """
+    cls = METHODS.get(method)
+    if ipc < 1:
+        raise ValueError(f"--ipc must be a positive number of images per class, got {ipc}")
+    name = dataset.name.split(":")[0] if isinstance(dataset, ImageDataset) else dataset
+    inputs = open_inputs(cls, buffers, teachers, teacher_model)
+    mcfg = cls.resolve_config(dict(config or {}), name, ipc, inputs)
+    check_inputs(inputs, name, mcfg)
+    if isinstance(dataset, ImageDataset):
+        if (dataset.zca is not None) != bool(mcfg.zca):
+            raise ValueError(f"the resolved config has zca={bool(mcfg.zca)} but the given dataset is "
+                             f"{'' if dataset.zca is not None else 'not '}ZCA-whitened; pass load_dataset('{name}', "
+                             f"zca={bool(mcfg.zca)}) or set zca explicitly")
+        full = dataset
+    else:
+        full = load_dataset(dataset, root=data_root, zca=mcfg.zca)
+    return cls, mcfg, inputs, full
+
+
+def build_method(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *,
+                 buffers: Sequence = (), teachers: Sequence = (), teacher_model: Optional[str] = None,
+                 device="cpu", seed: int = 0, init: bool = True) -> Method:
+    """A ready method object (config resolved, inputs opened, initial set made) outside the driver's loop."""
+    cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=buffers, teachers=teachers,
+                                      teacher_model=teacher_model)
+    m = cls(mcfg, full, ipc, resolve_device(device), torch.Generator().manual_seed(seed), inputs)
+    if init:
+        m.init_synset()
+    return m
 
 
 def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: int = 10, *, out: str | Path | None = None,
-            buffer: str | Path | None = None, config: dict | None = None, run: RunConfig | dict | None = None,
+            buffer: str | Path | None = None, buffers: Sequence = (), teachers: Sequence = (),
+            teacher_model: Optional[str] = None, config: dict | None = None, run: RunConfig | dict | None = None,
             device="auto", seed: int = 0, data_root: str | None = None, resume: bool = True) -> DistillResult:
     """Distils `dataset` into `ipc` images per class with `method`; see RunConfig for the loop's options."""
-    cls = METHODS.get(method)
-    mcfg = config_from_dict(cls.Config, dict(config or {}))
     run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
-    dev = resolve_device(device)
-    full = dataset if isinstance(dataset, ImageDataset) else load_dataset(dataset, root=data_root, zca=mcfg.zca)
-    train, val = full.split_validation(run.val_fraction, seed=0) if run.eval_every else (full, None)
+    cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=[buffer, *buffers], teachers=teachers,
+                                      teacher_model=teacher_model, data_root=data_root)
+    group = ProcessGroup(resolve_device(device))
+    try:
+        return _distill(cls, mcfg, inputs, full, ipc, out, run, group, seed, resume)
+    finally:
+        group.close()
+
+
+def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: RunConfig, group: ProcessGroup, seed: int,
+             resume: bool) -> DistillResult:
+    if group.world > 1 and not cls.shardable:
+        raise ValueError(f"method '{cls.name}' does not split its work across processes; run it without torchrun")
+    dev = group.local_device()
+    validate = bool(run.eval_every) and not cls.partial_sets
+    train, val = full.split_validation(run.val_fraction, seed=0) if validate else (full, None)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    store = open_buffer(buffer, full, mcfg.model) if buffer else None
-    buffer_hash = getattr(store, "manifest_sha256", None)
-    identity = _identity(cls.name, full.name, ipc, seed, asdict(mcfg), run, buffer_hash)
-    m: Method = cls(mcfg, train, ipc, dev, g, buffer=store)
+    identity = _identity(cls.name, full.name, ipc, seed, asdict(mcfg), run, inputs, group.world)
+    m: Method = cls(mcfg, train, ipc, dev, g, inputs, group)
     m.init_synset()
+    main = group.is_main
     out_dir = Path(out) if out else None
-    logger = _Logger(out_dir, run, identity)
+    ckpt = CHECKPOINT if group.world == 1 else f"checkpoint.rank{group.rank}of{group.world}.safetensors"
+    logger = _Logger(out_dir if main else None, run, identity)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    total = m.num_steps(run.iterations)
     start_it, best, history = 0, {"acc": -1.0, "it": -1}, []
     best_set: Optional[SyntheticSet] = None
 
-    if out_dir is not None and resume and (out_dir / CHECKPOINT).exists():
-        start_it, best, best_set, history = _load_checkpoint(out_dir, m, g, identity)
+    if out_dir is not None and resume and (out_dir / ckpt).exists():
+        start_it, best, best_set, history = _load_checkpoint(out_dir / ckpt, m, g, identity)
         logger.truncate(start_it)
-        print(f"resuming {cls.name} from iteration {start_it} ({out_dir / CHECKPOINT})")
+        print(f"resuming {cls.name} from iteration {start_it} ({out_dir / ckpt})")
 
-    protocol_val = get_protocol("soft" if m.current_set().soft else "hard", epochs=run.val_epochs)
+    plan_val = m.evaluation() if validate else None
     last_ckpt = time.monotonic()
-    bar = tqdm(range(start_it, run.iterations), desc=f"{cls.name} ipc{ipc}", initial=start_it, total=run.iterations,
-               disable=not run.progress)
+    bar = tqdm(range(start_it, total), desc=f"{cls.name} ipc{ipc}", initial=start_it, total=total,
+               disable=not (run.progress and main))
     it = start_it
     try:
         for it in bar:
@@ -124,10 +195,11 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
             logger.log(metrics)
             bar.set_postfix(loss=f"{loss:.4f}")
             done = it + 1
-            if run.eval_every and (done % run.eval_every == 0 or done == run.iterations):
+            if validate and (done % run.eval_every == 0 or done == total):
                 s = m.current_set()
+                protocol_val = get_protocol(plan_val.protocol, epochs=run.val_epochs)
                 accs = [train_and_test(s.images, s.labels, val, mcfg.model, protocol_val, seed=seed + 1000 + r, device=dev,
-                                       lr=s.lr) for r in range(run.val_runs)]
+                                       lr=s.lr, teacher=plan_val.teacher) for r in range(run.val_runs)]
                 acc = sum(accs) / len(accs)
                 history.append({"it": done, "val_acc": acc})
                 logger.log({"it": it, "val_acc": acc})
@@ -139,45 +211,53 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
                 bar.write(f"[{cls.name}] it {done}: val acc {100 * acc:.2f}% (best {100 * best['acc']:.2f}% at {best['it']})")
             due = (time.monotonic() - last_ckpt) > 60 * run.checkpoint_minutes
             if out_dir is not None and (due or (run.checkpoint_every and done % run.checkpoint_every == 0)):
-                _save_checkpoint(out_dir, m, g, identity, done, best, best_set, history)
+                _save_checkpoint(out_dir / ckpt, m, g, identity, done, best, best_set, history)
                 last_ckpt = time.monotonic()
     except DistillationDiverged as e:
         logger.close()
-        kept = f"; the last good checkpoint is kept in {out_dir / CHECKPOINT}" if out_dir else ""
+        kept = f"; the last good checkpoint is kept in {out_dir / ckpt}" if out_dir else ""
         raise DistillationDiverged(f"{e}{kept}") from None
-    if out_dir is not None and run.iterations > start_it:
-        _save_checkpoint(out_dir, m, g, identity, run.iterations, best, best_set, history)
+    if out_dir is not None and total > start_it:
+        _save_checkpoint(out_dir / ckpt, m, g, identity, total, best, best_set, history)
 
-    final = m.current_set()
+    final = m.current_set()  # a collective for methods that shard their work
+    if not main:
+        logger.close()
+        return DistillResult(final, out_dir, None, history)
     chosen = best_set if best_set is not None else final
-    chosen = _finalize_meta(chosen, identity, best, run)
+    protocol = get_protocol(m.evaluation().protocol, epochs=run.eval_epochs, **run.eval_options)
+    chosen = m.finalize(chosen, out_dir, protocol)
+    plan = m.evaluation()
+    chosen = _finalize_meta(chosen, identity, best, run, plan)
     report = None
     if out_dir is not None:
-        _finalize_meta(final, identity, best, run).save(out_dir / "final.safetensors")
+        _finalize_meta(final, identity, best, run, plan).save(out_dir / "final.safetensors")
         chosen.save(out_dir / "synset.safetensors")
         chosen.save_grid(out_dir / "synset.png")
     if run.eval_runs > 0:
-        protocol = get_protocol("soft" if chosen.soft else "hard", epochs=run.eval_epochs)
         archs = list(run.eval_models) or [mcfg.model]
         report = build_report(chosen, archs, protocol, run.eval_runs, dataset=full, baselines=run.baselines,
-                              full_epochs=run.full_epochs, device=dev, seed=seed, progress=run.progress)
+                              full_epochs=run.full_epochs, device=dev, seed=seed, progress=run.progress,
+                              teacher=plan.teacher, labels=plan.labels)
         if out_dir is not None:
             report.save(out_dir, stem="eval")
-        logger.log({"it": run.iterations, **{f"test_acc/{r.name}/{r.arch}": r.mean for r in report.rows}})
+        logger.log({"it": total, **{f"test_acc/{r.name}/{r.arch}": r.mean for r in report.rows}})
         print(report.to_markdown())
     logger.close()
     return DistillResult(chosen, out_dir, report, history)
 
 
-def _finalize_meta(s: SyntheticSet, identity: dict, best: dict, run: RunConfig) -> SyntheticSet:
+def _finalize_meta(s: SyntheticSet, identity: dict, best: dict, run: RunConfig, plan: Optional[EvalPlan] = None) -> SyntheticSet:
     s = s.detach()
     s.meta.update({"method": identity["method"], "ipc": identity["ipc"], "seed": identity["seed"],
-                   "config": identity["config"], "run": to_jsonable(asdict(run)),
+                   "config": identity["config"], "run": to_jsonable(asdict(run)), "inputs": identity["inputs"],
                    "buffer_sha256": identity["buffer_sha256"], "selected": best, "versions": versions()})
+    if plan is not None:
+        s.meta["evaluation"] = to_jsonable(plan.to_meta())
     return s
 
 
-def _save_checkpoint(out: Path, m: Method, g: torch.Generator, identity: dict, it: int, best: dict,
+def _save_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict, it: int, best: dict,
                      best_set: Optional[SyntheticSet], history: list) -> None:
     from safetensors.torch import save
 
@@ -191,13 +271,12 @@ def _save_checkpoint(out: Path, m: Method, g: torch.Generator, identity: dict, i
               "history": json.dumps(history), "method_info": json.dumps(to_jsonable(info)),
               "best_meta": json.dumps(to_jsonable(best_set.meta)) if best_set is not None else "null",
               "best_num_classes": str(best_set.num_classes) if best_set is not None else "0"}
-    atomic_write_bytes(out / CHECKPOINT, save(tensors, metadata=header))
+    atomic_write_bytes(path, save(tensors, metadata=header))
 
 
-def _load_checkpoint(out: Path, m: Method, g: torch.Generator, identity: dict):
+def _load_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict):
     from safetensors import safe_open
 
-    path = out / CHECKPOINT
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata()
@@ -207,7 +286,7 @@ def _load_checkpoint(out: Path, m: Method, g: torch.Generator, identity: dict):
     saved = json.loads(header["identity"])
     diff = _diff(saved, identity)
     if diff:
-        raise ValueError(f"'{out}' holds a checkpoint of a different run; differences: {'; '.join(diff)}. "
+        raise ValueError(f"'{path.parent}' holds a checkpoint of a different run; differences: {'; '.join(diff)}. "
                          "Use another --out, or delete the checkpoint to start over")
     m.load_state({k[len("method."):]: v for k, v in tensors.items() if k.startswith("method.")},
                  json.loads(header["method_info"]))

@@ -31,10 +31,10 @@ class FTD(MTT):
     name = "ftd"
     Config = FTDConfig
 
-    def __init__(self, config, dataset, ipc, device, generator, buffer=None):
+    def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
         if not 0.0 < config.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {config.ema_decay}")
-        super().__init__(config, dataset, ipc, device, generator, buffer)
+        super().__init__(config, dataset, ipc, device, generator, inputs, group)
         if config.require_flat_buffer and not buffer_is_flat(self.buffer):
             raise ValueError("this buffer was not recorded with GSAM; record flat experts with the buffer recorder's "
                              "GSAM option, or set require_flat_buffer=false")

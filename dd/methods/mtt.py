@@ -99,22 +99,31 @@ class MTT(Method):
 
     name = "mtt"
     Config = MTTConfig
-    needs_buffer = True
+    buffers = (1, 1)
 
     HP_KEYS = ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img", "lr_lr", "lr_teacher")
 
-    @staticmethod
-    def presets(dataset: str, ipc: int) -> dict:
+    @classmethod
+    def preset(cls, dataset: str, ipc: int) -> dict:
         return mtt_defaults(dataset, ipc)
 
-    def __init__(self, config, dataset, ipc, device, generator, buffer=None):
-        super().__init__(config, dataset, ipc, device, generator, buffer)
+    @classmethod
+    def resolve_config(cls, values, dataset, ipc, inputs):
+        """As every method, plus MTT's rule: an unset lr_teacher starts at the lr the buffer's experts were trained with."""
+        values = dict(values)
+        expert_lr = (inputs.buffers[0].manifest.get("config", {}).get("lr") if inputs.buffers else None)
+        if values.get("lr_teacher") is None and expert_lr:
+            values["lr_teacher"] = float(expert_lr)
+        return super().resolve_config(values, dataset, ipc, inputs)
+
+    def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
+        super().__init__(config, dataset, ipc, device, generator, inputs, group)
         c = config
-        preset = self.presets(dataset.name, ipc)
-        self.hp = {k: (getattr(c, k) if getattr(c, k) is not None else preset.get(k)) for k in self.HP_KEYS}
-        expert_lr = (getattr(self.buffer, "manifest", None) or {}).get("config", {}).get("lr")
-        if c.lr_teacher is None and expert_lr:  # the student lr starts at the lr the experts were trained with
-            self.hp["lr_teacher"] = float(expert_lr)
+        self.hp = {k: getattr(c, k) for k in self.HP_KEYS}
+        unset = [k for k in MTT.HP_KEYS if self.hp[k] is None and k != "batch_syn"]
+        if unset:
+            raise ValueError(f"{self.name}: options {unset} are unset; build the method through its resolved config "
+                             "(dd.methods.build_method or distill) so the paper presets fill them")
         if c.memory not in MEMORY_MODES:
             raise ValueError(f"unknown memory mode '{c.memory}'; choose one of {MEMORY_MODES}")
         if c.intermediate not in INTERMEDIATE:

@@ -106,6 +106,17 @@ class TorchvisionResNet(nn.Module):
         """Feature maps after each of the four stages."""
         return stage_outputs(self.stages, self.stem(x))
 
+    @staticmethod
+    def adapt_state_dict(state: dict) -> dict:
+        """Renames torchvision's keys (conv1, bn1, layerK, fc) to this module's; dd's own keys pass through."""
+        renames = {"conv1.": "stem.0.", "bn1.": "stem.1.", "fc.": "classifier.",
+                   **{f"layer{k}.": f"stages.{k - 1}." for k in range(1, 5)}}
+        out = {}
+        for key, value in state.items():
+            prefix = next((p for p in renames if key.startswith(p)), None)
+            out[renames[prefix] + key[len(prefix):] if prefix else key] = value
+        return out
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.block_outputs(x)[-1].mean(dim=(2, 3))
 

@@ -1,0 +1,211 @@
+"""Teachers: trained networks that methods (SRe2L, CDA, CV-DD) and the teacher protocol read, named by one spec.
+
+A spec is one of
+  * `DIR` or `DIR@E`: a `dd buffer` directory; expert E's (default 0) last recorded epoch, with its BatchNorm
+    statistics. `dd buffer --experts 1 --out DIR` trains exactly such a teacher.
+  * a checkpoint file: `.safetensors` (a state dict; its metadata may name `model`, `model_options`, `dataset`,
+    `zca`), or a foreign `.pt`/`.pth`/`.ckpt`, read with `weights_only=True` (a state dict, or a dict holding one
+    under `state_dict`/`model`/`model_state_dict`); pass `teacher_model=NAME` when the file does not say its
+    architecture. torchvision ResNet weights load into `resnet18-tv`/`resnet50-tv`.
+  * `package.module:callable`: called with no arguments, returns a trained `nn.Module`.
+`open_teacher` reads what identifies a teacher (its hash, architecture, dataset) without building it;
+`TeacherSource.module(dataset)` builds it for a dataset's shapes, frozen and in eval mode.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from dd.utils import sha256_bytes, sha256_file
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+_STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "teacher")
+
+
+@dataclass
+class TeacherSource:
+    """What identifies a teacher (spec, kind, sha256, architecture, dataset, ZCA) and how to build it."""
+
+    spec: str
+    kind: str  # 'buffer' | 'file' | 'callable'
+    sha256: str
+    arch: Optional[str] = None
+    arch_options: dict = field(default_factory=dict)
+    dataset: Optional[str] = None
+    zca: Optional[bool] = None
+    _build: Optional[Callable[[int, int, tuple, torch.device], nn.Module]] = field(default=None, repr=False)
+    _module: Optional[nn.Module] = field(default=None, repr=False)
+
+    def describe(self) -> dict:
+        """The JSON record stored in checkpoints, set metadata and label manifests."""
+        return {"spec": self.spec, "kind": self.kind, "sha256": self.sha256, "arch": self.arch,
+                "dataset": self.dataset}
+
+    def check_compatible(self, dataset: str, zca: bool) -> None:
+        """Refuses a teacher recorded on another dataset or with the other ZCA setting, naming both sides."""
+        name = dataset.split(":")[0].lower()
+        if self.dataset is not None and self.dataset.split(":")[0].lower() != name:
+            raise ValueError(f"teacher '{self.spec}' was trained on dataset '{self.dataset}' but this run uses "
+                             f"'{dataset}'; train one with `dd buffer --dataset {dataset} --experts 1 --out DIR`")
+        if self.zca is not None and bool(self.zca) != bool(zca):
+            raise ValueError(f"teacher '{self.spec}' was trained {'with' if self.zca else 'without'} ZCA whitening but "
+                             f"this run uses zca={bool(zca)}; set zca={bool(self.zca)} or use a matching teacher")
+
+    def module(self, dataset, device="cpu") -> nn.Module:
+        """The teacher for `dataset`'s shapes on `device`: frozen, eval mode; its output size is checked."""
+        if self._module is None:
+            model = self._build(dataset.channels, dataset.num_classes, tuple(dataset.image_size), torch.device("cpu"))
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            with torch.no_grad():
+                out = model(torch.zeros(2, dataset.channels, *dataset.image_size))
+            if out.ndim != 2 or out.shape[1] != dataset.num_classes:
+                raise ValueError(f"teacher '{self.spec}' outputs shape {tuple(out.shape)} but dataset '{dataset.name}' "
+                                 f"has {dataset.num_classes} classes")
+            self._module = model
+        return self._module.to(device)
+
+
+def open_teacher(spec: str, teacher_model: Optional[str] = None) -> TeacherSource:
+    """Parses and hashes a teacher spec (see the module docstring); errors name the spec and the fix."""
+    spec = str(spec)
+    path, _, expert = spec.rpartition("@") if "@" in spec else (spec, "", "")
+    if path and Path(path).is_dir():
+        return _from_buffer(spec, Path(path), int(expert) if expert else 0)
+    if Path(spec).is_dir():
+        return _from_buffer(spec, Path(spec), 0)
+    if Path(spec).is_file():
+        return _from_file(spec, Path(spec), teacher_model)
+    if ":" in spec and not spec.endswith(CHECKPOINT_SUFFIXES):
+        return _from_callable(spec)
+    raise FileNotFoundError(f"teacher '{spec}' is neither a buffer directory (DIR or DIR@E), a checkpoint file, nor "
+                            "'package.module:callable'; train one with `dd buffer --experts 1 --out DIR`")
+
+
+def _from_buffer(spec: str, path: Path, expert: int) -> TeacherSource:
+    from dd.buffers import TrajectoryStore
+
+    store = TrajectoryStore(path)
+    if not 0 <= expert < store.num_experts:
+        raise ValueError(f"teacher '{spec}': expert {expert} out of range; the buffer has {store.num_experts} experts")
+    digest = sha256_bytes(f"{store.manifest_sha256}@{expert}".encode())
+
+    def build(channels, num_classes, image_size, device):
+        m = store.manifest["model"]
+        if (m["channels"], m["num_classes"], tuple(m["image_size"])) != (channels, num_classes, tuple(image_size)):
+            raise ValueError(f"teacher '{spec}' takes {m['channels']}x{tuple(m['image_size'])} images and "
+                             f"{m['num_classes']} classes, not {channels}x{tuple(image_size)} and {num_classes}")
+        return store.module(expert, -1, device=device)
+
+    return TeacherSource(spec, "buffer", digest, store.model_name, dict(store.model_options), store.dataset_name,
+                         bool(store.config.get("zca", False)), build)
+
+
+def _from_file(spec: str, path: Path, teacher_model: Optional[str]) -> TeacherSource:
+    digest = sha256_file(path)
+    meta: dict = {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise ValueError(f"teacher '{spec}' is not a readable safetensors file ({e})") from e
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"teacher '{spec}' could not be read as a weights-only checkpoint ({e}); dd never "
+                             "unpickles arbitrary objects: save a state dict (torch.save(model.state_dict(), f))") from e
+        state, meta = _state_dict_of(obj, spec)
+    arch = teacher_model or meta.get("model") or meta.get("arch")
+    if not arch:
+        raise ValueError(f"checkpoint '{spec}' does not say its architecture; pass --teacher-model NAME (see `dd models`)")
+    options = json.loads(meta["model_options"]) if isinstance(meta.get("model_options"), str) else {}
+    zca = meta.get("zca")
+    zca = None if zca is None else str(zca).lower() in ("1", "true")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+
+    def build(channels, num_classes, image_size, device):
+        from dd.models import build_model
+
+        model = build_model(arch, channels, num_classes, image_size, **options)
+        adapt = getattr(model, "adapt_state_dict", None)
+        sd = adapt(state) if adapt is not None else state
+        try:
+            model.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint '{spec}' does not fit model '{arch}': {str(e).splitlines()[0]} ...; "
+                             "pass the right --teacher-model") from e
+        return model.to(device)
+
+    return TeacherSource(spec, "file", digest, arch, options, meta.get("dataset"), zca, build)
+
+
+def _state_dict_of(obj, spec: str) -> tuple[dict, dict]:
+    """(state dict, string metadata) from what a foreign checkpoint holds."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"teacher '{spec}' holds a {type(obj).__name__}, not a state dict")
+    meta = {k: v for k, v in obj.items() if isinstance(v, str)}
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, meta
+    for key in _STATE_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner, meta
+    raise ValueError(f"teacher '{spec}' has no state dict (looked for a dict of tensors at the top level and under "
+                     f"{list(_STATE_KEYS)})")
+
+
+def _from_callable(spec: str) -> TeacherSource:
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise KeyError(f"cannot load teacher '{spec}': {e}; expected 'package.module:callable' returning an nn.Module") from e
+    model = fn()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"teacher '{spec}' returned a {type(model).__name__}, not an nn.Module")
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return TeacherSource(spec, "callable", h.hexdigest(), spec, {}, None, None, lambda *a: model)
+
+
+class Committee(nn.Module):
+    """Weighted sum of several teachers' logits (one teacher with weight 1 is that teacher)."""
+
+    def __init__(self, members: list[nn.Module], weights: list[float]):
+        super().__init__()
+        if len(members) != len(weights) or not members:
+            raise ValueError("a committee needs one weight per member and at least one member")
+        self.members = nn.ModuleList(members)
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(w * m(x) for w, m in zip(self.weights, self.members))
+
+
+def teacher_from_records(records: list[dict], dataset, device="cpu", weights: Optional[list[float]] = None) -> nn.Module:
+    """Re-opens the teachers a set's metadata names, checks each hash, and returns one module (a Committee if several)."""
+    members = []
+    for rec in records:
+        src = open_teacher(rec["spec"], rec.get("arch") if rec.get("kind") == "file" else None)
+        if rec.get("sha256") and src.sha256 != rec["sha256"]:
+            raise ValueError(f"teacher '{rec['spec']}' has changed since the set was made (sha256 {src.sha256[:12]}... "
+                             f"vs recorded {rec['sha256'][:12]}...); pass the original teacher with --teacher")
+        members.append(src.module(dataset, device))
+    if len(members) == 1 and not weights:
+        return members[0]
+    return Committee(members, weights or [1.0 / len(members)] * len(members)).to(device)
