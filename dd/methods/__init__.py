@@ -7,6 +7,7 @@ from dd.methods import mtt as _mtt  # noqa: F401
 from dd.methods import ftd as _ftd  # noqa: F401
 from dd.methods import datm as _datm  # noqa: F401
 from dd.methods import datadam as _datadam  # noqa: F401
+from dd.methods import sre2l as _sre2l  # noqa: F401  (sre2l, cda)
 
 __all__ = ["METHODS", "DistillResult", "DistillationDiverged", "EvalPlan", "Inputs", "Method", "MethodConfig", "RunConfig",
            "build_method", "distill", "prepare"]

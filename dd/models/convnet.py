@@ -90,6 +90,7 @@ _VARIANTS = {
     "convnet-d5": ({"depth": 5}, "ConvNet depth 5 (128px ImageNet subsets)"),
     "convnet-d6": ({"depth": 6}, "ConvNet depth 6 (256px)"),
     "convnet-bn": ({"norm": "batch"}, "ConvNet with batch norm"),
+    "convnet-bn-w32": ({"norm": "batch", "width": 32}, "ConvNet with batch norm, width 32 (the CPU bench's SRe2L/CDA teacher)"),
     "convnet-ln": ({"norm": "layer"}, "ConvNet with layer norm"),
     "convnet-gn": ({"norm": "group"}, "ConvNet with group norm"),
     "convnet-nn": ({"norm": "none"}, "ConvNet without normalization"),
