@@ -250,3 +250,33 @@ def test_torchrun_two_ranks_recover_the_single_process_images(teacher_dir, tmp_p
     assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
     assert sorted(p.name for p in (tmp_path / "two").glob("checkpoint*")) == ["checkpoint.rank0of2.safetensors",
                                                                              "checkpoint.rank1of2.safetensors"]
+
+
+def test_command_line_recover_relabel_and_evaluate_with_stored_labels(teacher_dir, tmp_path, capsys):
+    """dd distill (teacher recorded) -> dd show names it -> dd relabel -> dd eval --labels, reporting label bytes."""
+    from dd.cli import main
+
+    out = tmp_path / "run"
+    assert main(["distill", "--method", "sre2l", "--dataset", "digits", "--ipc", "1", "--teacher", str(teacher_dir),
+                 "--iterations", "2", "--set", "batch_classes=10", "--eval-runs", "0", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["show", str(out / "synset.safetensors")]) == 0
+    shown = capsys.readouterr().out
+    assert str(teacher_dir) in shown and '"name": "teacher"' in shown
+    labels = tmp_path / "labels"
+    assert main(["relabel", str(out / "synset.safetensors"), "--epochs", "2", "--batch-size", "4", "--topk", "3",
+                 "--out", str(labels), "--device", "cpu"]) == 0
+    assert "wrote 2 epochs of labels for 10 images" in capsys.readouterr().out
+    assert main(["eval", str(out / "synset.safetensors"), "--labels", str(labels), "--batch-size", "4", "--epochs", "3",
+                 "--models", "convnet-d2", "--runs", "1", "--no-baselines", "--device", "cpu",
+                 "--out", str(tmp_path / "ev")]) == 0
+    md = (tmp_path / "ev" / "eval.md").read_text()
+    stored = StoredLabels(labels)
+    assert f"labels {stored.nbytes:,} bytes" in md and "images 2,560 bytes" in md and "| teacher | 3 | 1 |" in md
+    row = json.loads((tmp_path / "ev" / "eval.json").read_text())["rows"][0]
+    assert row["protocol"]["batch_size"] == 4 and row["extra"]["labels"] == str(labels)
+    # view options other than the stored ones are refused with the difference named
+    assert main(["eval", str(out / "synset.safetensors"), "--labels", str(labels), "--epochs", "1", "--models",
+                 "convnet-d2", "--runs", "1", "--no-baselines", "--device", "cpu"]) == 2
+    assert "batch_size: labels 4 vs protocol 64" in capsys.readouterr().err
