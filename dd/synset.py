@@ -199,7 +199,7 @@ class SyntheticSet:
             "labels": "soft" if self.soft else "hard", "lr": self.lr,
             "dataset": self.meta.get("dataset"), "method": self.meta.get("method"), "seed": self.meta.get("seed"),
             "pixel_range": [float(self.images.min()), float(self.images.max())],
-            **{k: self.meta[k] for k in ("inputs", "evaluation") if self.meta.get(k)},
+            **{k: self.meta[k] for k in ("inputs", "evaluation", "committee") if self.meta.get(k)},
         }
 
 

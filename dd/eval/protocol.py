@@ -31,6 +31,7 @@ class Protocol:
     batch_size: int = 256
     optimizer: str = "sgd"  # 'sgd' or 'adamw'
     schedule: str = "step"  # 'step': lr x lr_decay at lr_decay_at of the epochs; 'cosine': per-epoch cosine to 0
+    cosine_eta: float = 1.0  # cosine over eta x epochs (CV-DD's gentler schedule: 2, ending at half the lr)
     lr_decay_at: float = 0.5
     lr_decay: float = 0.1
     dsa: bool = True  # per-sample DSA on every batch
@@ -59,8 +60,8 @@ class Protocol:
             raise ValueError("crop views and mixing label each view with the teacher: use them with labels='teacher'")
         if not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        if self.temperature <= 0 or self.batch_size < 1:
-            raise ValueError("protocol temperature must be > 0 and batch_size >= 1")
+        if self.temperature <= 0 or self.batch_size < 1 or self.cosine_eta < 1:
+            raise ValueError("protocol temperature must be > 0, batch_size >= 1 and cosine_eta >= 1")
 
     def with_(self, **changes) -> "Protocol":
         changes = {k: v for k, v in changes.items() if v is not None}

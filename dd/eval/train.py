@@ -49,7 +49,7 @@ def make_optimizer(model: nn.Module, protocol: Protocol, lr: float) -> torch.opt
 def lr_at(protocol: Protocol, lr: float, epoch: int) -> float:
     """The protocol's lr in `epoch`: step decay at lr_decay_at of the epochs, or a per-epoch cosine to zero."""
     if protocol.schedule == "cosine":
-        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / protocol.epochs))
+        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / (protocol.epochs * protocol.cosine_eta)))
     decay_epoch = int(protocol.epochs * protocol.lr_decay_at)
     return lr * protocol.lr_decay if (epoch >= decay_epoch and decay_epoch > 0) else lr
 

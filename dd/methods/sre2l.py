@@ -67,6 +67,7 @@ class SRe2L(Method):
     teachers = (1, 1)
     shardable = True
     partial_sets = True
+    INITS = ("noise", "real")
 
     @classmethod
     def resolve_config(cls, values, dataset, ipc, inputs):
@@ -81,8 +82,8 @@ class SRe2L(Method):
         c = config
         if c.zca:
             raise ValueError(f"{self.name} recovers images in pixel space (clamped to the valid range); set zca=false")
-        if c.init not in ("noise", "real"):
-            raise ValueError(f"unknown init '{c.init}' for {self.name}; choose 'noise' or 'real'")
+        if c.init not in self.INITS:
+            raise ValueError(f"unknown init '{c.init}' for {self.name}; choose one of {self.INITS}")
         if c.jitter < 0 or not 0 < c.crop_scale <= 1:
             raise ValueError("jitter must be >= 0 and crop_scale in (0, 1]")
         self.source = self.inputs.teachers[0]
@@ -110,7 +111,14 @@ class SRe2L(Method):
     def init_synset(self) -> SyntheticSet:
         s = SyntheticSet.from_noise(self.dataset, self.ipc, torch.Generator().manual_seed(0), method=self.name)
         s.meta["init"] = self.config.init
-        images = torch.empty_like(s.images)
+        self._template = s
+        self.labels = s.labels
+        self.images = self.initial_images(torch.empty_like(s.images)).clamp(self.lo.cpu(), self.hi.cpu())
+        self.done = torch.zeros(len(self.plan), dtype=torch.bool)
+        return s
+
+    def initial_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Fills the class-major set: noise per batch (its own stream), or distinct real images per class."""
         if self.config.init == "real":
             for c in range(self.dataset.num_classes):  # distinct real images per class, from a per-class stream
                 g = torch.Generator().manual_seed(self.batch_seed(c, 0) ^ 0x5EED)
@@ -118,12 +126,8 @@ class SRe2L(Method):
         else:
             for b in range(len(self.plan)):
                 g = torch.Generator().manual_seed(self.batch_seed(b, 0))
-                images[self.positions(b)] = torch.randn(len(self.plan[b][1]), *s.images.shape[1:], generator=g)
-        self._template = s
-        self.images = images.clamp(self.lo.cpu(), self.hi.cpu())
-        self.labels = s.labels
-        self.done = torch.zeros(len(self.plan), dtype=torch.bool)
-        return s
+                images[self.positions(b)] = torch.randn(len(self.plan[b][1]), *images.shape[1:], generator=g)
+        return images
 
     def num_steps(self, iterations: int) -> int:
         """`iterations` recover steps for every batch this rank owns."""
@@ -154,9 +158,7 @@ class SRe2L(Method):
             grp["lr"] = cosine_lr(self.config.lr, k, self.iterations)
         smin = self.scale_min(k)
         view = recover_view(self.x, self.g_aug, scale_min=smin, flip=self.dataset.flip_ok, jitter=self.config.jitter)
-        logits, bn = forward_with_bn_loss(self.teacher, view, self.config.first_bn_weight)
-        ce = F.cross_entropy(logits, self.y)
-        loss = ce + self.config.r_bn * bn
+        loss, parts = self.recover_loss(view)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -166,8 +168,14 @@ class SRe2L(Method):
             self.images[self.positions(b)] = self.x.detach().cpu()
             self.done[b] = True
             self.current = None
-        return {"loss": float(loss.detach()), "ce": float(ce.detach()), "bn": float(bn.detach()), "batch": b,
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}, "batch": b,
                 "crop_scale_min": smin if smin is not None else 1.0}
+
+    def recover_loss(self, view: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """CE(teacher(view), y) + r_bn * BN-statistics loss of the teacher on the view."""
+        logits, bn = forward_with_bn_loss(self.teacher, view, self.config.first_bn_weight)
+        ce = F.cross_entropy(logits, self.y)
+        return ce + self.config.r_bn * bn, {"ce": ce, "bn": bn}
 
     def current_set(self) -> SyntheticSet:
         """The set now (finished batches recovered, the rest as initialized); under torchrun every rank's batches."""
@@ -187,9 +195,10 @@ class SRe2L(Method):
         if self.config.relabel_epochs > 0 and out is not None:
             from dd.eval.labels import relabel
 
-            path = relabel(synset.images, self.teacher, protocol, self.config.relabel_epochs, out / "labels",
+            plan = self.evaluation()
+            path = relabel(synset.images, plan.teacher, protocol, self.config.relabel_epochs, out / "labels",
                            seed=self.base_seed % (2**31), topk=self.config.relabel_topk, flip=self.dataset.flip_ok,
-                           teachers=[self.source.describe()], device=self.device)
+                           teachers=plan.teachers, device=self.device)
             self.labels_dir = str(path)
         return synset
 

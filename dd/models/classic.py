@@ -49,16 +49,21 @@ class _Staged(nn.Module):
         return self.classifier(self.features(x))
 
 
-class LeNet(_Staged):
-    """2 x [conv5x5 -> ReLU -> maxpool] (6, 16 maps) -> fc 120 -> fc 84 -> classifier; features are the 84."""
+def conv_norm(conv: nn.Conv2d, norm: str) -> list[nn.Module]:
+    """[conv, norm] for norm 'instance'/'batch', [conv] for 'none' (so the plain models keep their parameter names)."""
+    return [conv] if norm == "none" else [conv, norm2d(norm, conv.out_channels)]
 
-    def __init__(self, channels: int, num_classes: int, image_size=(32, 32)):
+
+class LeNet(_Staged):
+    """2 x [conv5x5 (-> norm) -> ReLU -> maxpool] (6, 16 maps) -> fc 120 -> fc 84 -> classifier; features are the 84."""
+
+    def __init__(self, channels: int, num_classes: int, image_size=(32, 32), norm: str = "none"):
         super().__init__()
         h, w = image_hw(image_size)
         pad = small_image_pad(h, w)
         self.stages = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(channels, 6, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2, 2)),
-            nn.Sequential(nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2, 2)),
+            nn.Sequential(*conv_norm(nn.Conv2d(channels, 6, 5, padding=pad), norm), nn.ReLU(), nn.MaxPool2d(2, 2)),
+            nn.Sequential(*conv_norm(nn.Conv2d(6, 16, 5), norm), nn.ReLU(), nn.MaxPool2d(2, 2)),
         ])
         oh, ow = (conv_out(conv_out(conv_out(conv_out(n, 5, 1, pad), 2, 2), 5), 2, 2) for n in (h, w))
         require_size("lenet", image_size, oh, ow, "12x12")
@@ -68,17 +73,21 @@ class LeNet(_Staged):
 
 
 class AlexNet(_Staged):
-    """The DC benchmark's small AlexNet: conv5(128) pool, conv5(192) pool, conv3(256, 192, 192) pool, linear."""
+    """The DC benchmark's small AlexNet: conv5(128) pool, conv5(192) pool, conv3(256, 192, 192) pool, linear.
 
-    def __init__(self, channels: int, num_classes: int, image_size=(32, 32)):
+    norm 'batch' puts a BatchNorm after every conv (a BN teacher for SRe2L/CDA/CV-DD); 'none' is DC's network.
+    """
+
+    def __init__(self, channels: int, num_classes: int, image_size=(32, 32), norm: str = "none"):
         super().__init__()
         h, w = image_hw(image_size)
         pad = 2 + small_image_pad(h, w)
         self.stages = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(channels, 128, 5, padding=pad), nn.ReLU(), nn.MaxPool2d(2, 2)),
-            nn.Sequential(nn.Conv2d(128, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, 2)),
-            nn.Sequential(nn.Conv2d(192, 256, 3, padding=1), nn.ReLU(), nn.Conv2d(256, 192, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(192, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2)),
+            nn.Sequential(*conv_norm(nn.Conv2d(channels, 128, 5, padding=pad), norm), nn.ReLU(), nn.MaxPool2d(2, 2)),
+            nn.Sequential(*conv_norm(nn.Conv2d(128, 192, 5, padding=2), norm), nn.ReLU(), nn.MaxPool2d(2, 2)),
+            nn.Sequential(*conv_norm(nn.Conv2d(192, 256, 3, padding=1), norm), nn.ReLU(),
+                          *conv_norm(nn.Conv2d(256, 192, 3, padding=1), norm), nn.ReLU(),
+                          *conv_norm(nn.Conv2d(192, 192, 3, padding=1), norm), nn.ReLU(), nn.MaxPool2d(2, 2)),
         ])
         oh, ow = (conv_out(n, 5, 1, pad) // 8 for n in (h, w))
         require_size("alexnet", image_size, oh, ow, "4x4")

@@ -24,7 +24,9 @@ def _variant(cls, **defaults):
 _ZOO = {
     "mlp": (_variant(MLP), "MLP, 3 layers, 128 hidden units (DC)"),
     "lenet": (_variant(LeNet), "LeNet-5 with ReLU and max pooling (DC)"),
+    "lenet-bn": (_variant(LeNet, norm="batch"), "LeNet-5 with batch norm after each conv"),
     "alexnet": (_variant(AlexNet), "the DC benchmark's small AlexNet for 28-64px images"),
+    "alexnet-bn": (_variant(AlexNet, norm="batch"), "the DC AlexNet with batch norm after each conv"),
     "vgg11": (_variant(VGG11, norm="instance"), "VGG11 with instance norm (DC)"),
     "vgg11-bn": (_variant(VGG11, norm="batch"), "VGG11 with batch norm"),
     "resnet18": (_variant(ResNet18, norm="instance"), "ResNet-18 for 28-64px, instance norm (DC/MTT)"),

@@ -1,0 +1,159 @@
+"""CV-DD, dataset distillation via committee voting: CDA's recovery and relabel with several teachers that vote.
+
+Per batch (one IPC index, a block of classes) N voters are drawn from the committee (cycling, random, or the
+top-N by prior); their weights are softmax(p / tau_synthesis) over the voters, p being each member's prior in
+percent (`dd.methods.priors`: measured by dd, cached beside the teacher, never typed in). The recover loss is
+  sum_i w_i * (CE(f_i(view), y) + r_bn * BN_i(view) / s_i),
+where s_i is member i's BN loss on the batch's initial images (bn_normalize='init'), so a member with many or
+wide BN layers does not dominate; bn_normalize='none' is the paper's plain sum (s_i = 1). Soft labels are the
+committee's logits weighted by softmax(p / tau_labels) over all members, with BatchNorm in train mode (each
+batch's own statistics), on every view of the teacher protocol; stored (`relabel_epochs`, `dd relabel`) or on the fly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from dd.methods.base import EvalPlan
+from dd.methods.recover import forward_with_bn_loss
+from dd.methods.registry import METHODS
+from dd.methods.sre2l import CDA, CDAConfig, SRe2L
+from dd.teachers import Committee
+
+SELECTIONS = ("cycle", "random", "top")
+BN_NORMALIZE = ("init", "none")
+
+
+@dataclass
+class CVDDConfig(CDAConfig):
+    """CDA's options plus the committee's; the paper's strong-baseline choices are the defaults."""
+
+    init: str = "medium"  # 'medium': real images of median committee loss per class (the paper's medium patches); 'noise', 'real'
+    voters: int = 2  # N members vote on each batch
+    selection: str = "cycle"  # 'cycle' (IPC index i takes members i*N .. i*N+N-1, mod M), 'random', 'top' (by prior)
+    tau_synthesis: float = 5.0  # softmax temperature of the voters' weights (priors in percent)
+    tau_labels: float = 10.0  # softmax temperature of the label weights
+    bn_normalize: str = "init"  # 'init': divide each member's BN loss by its value on the batch's initial images; 'none'
+    prior: str = "distilled"  # 'distilled' (CDA from the member alone, scored on a validation split) or 'teacher'
+    prior_ipc: int = 1
+    prior_iterations: int = 200
+    prior_epochs: int = 100  # teacher-protocol epochs when scoring a member's own distilled set
+    post_batch_size: int = 16  # the teacher protocol's batch for the set (the paper's smaller post-training batch)
+    post_cosine_eta: float = 2.0  # the paper's gentler cosine (the schedule spans eta x epochs)
+    label_bn: str = "train"  # the committee's BatchNorm while labeling: 'train' (batch statistics, the paper) or 'eval'
+
+
+def softmax_weights(priors: list[float], tau: float) -> list[float]:
+    """softmax(p / tau) as plain floats (priors in percent, as the paper's code uses them)."""
+    return torch.softmax(torch.tensor(priors, dtype=torch.float64) / tau, 0).tolist()
+
+
+def select_voters(index: int, priors: list[float], n: int, mode: str, g: Optional[torch.Generator] = None) -> list[int]:
+    """Which members vote on the batches of IPC index `index`."""
+    m = len(priors)
+    n = min(n, m)
+    if mode == "cycle":
+        return [(index * n + j) % m for j in range(n)]
+    if mode == "top":
+        return sorted(range(m), key=lambda i: (-priors[i], i))[:n]
+    if mode == "random":
+        return sorted(torch.randperm(m, generator=g)[:n].tolist())
+    raise ValueError(f"unknown selection '{mode}'; choose one of {SELECTIONS}")
+
+
+def committee_loss(members, weights, scales, view, y, r_bn: float, first_bn_weight: float):
+    """sum_i w_i * (CE(f_i(view), y) + r_bn * BN_i(view) / s_i); returns (loss, per-member CE, per-member BN)."""
+    total, ces, bns = 0.0, [], []
+    for model, w, s in zip(members, weights, scales):
+        logits, bn = forward_with_bn_loss(model, view, first_bn_weight)
+        ce = F.cross_entropy(logits, y)
+        total = total + w * (ce + r_bn * bn / s)
+        ces.append(ce)
+        bns.append(bn)
+    return total, ces, bns
+
+
+@METHODS.register("cvdd", help="committee voting: several BN teachers vote on synthesis and soft labels; needs --teacher x2+")
+class CVDD(CDA):
+    """CDA with a committee of teachers weighted by measured priors, and committee-voted soft labels."""
+
+    name = "cvdd"
+    Config = CVDDConfig
+    teachers = (2, None)
+    INITS = ("noise", "real", "medium")
+
+    @classmethod
+    def resolve_config(cls, values, dataset, ipc, inputs):
+        """As every method (the report architecture `model` is not taken from any one member)."""
+        return super(SRe2L, cls).resolve_config(values, dataset, ipc, inputs)
+
+    def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
+        c = config
+        for name, value, allowed in (("selection", c.selection, SELECTIONS), ("bn_normalize", c.bn_normalize, BN_NORMALIZE),
+                                     ("label_bn", c.label_bn, ("train", "eval"))):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} '{value}'; choose one of {allowed}")
+        if c.voters < 1:
+            raise ValueError(f"voters must be >= 1, got {c.voters}")
+        super().__init__(c, dataset, ipc, device, generator, inputs, group)
+        from dd.methods.priors import member_priors
+
+        self.sources = self.inputs.teachers
+        self.members = [src.module(dataset, device) for src in self.sources]
+        self.teacher = self.members[0]
+        self.priors = member_priors(self.sources, dataset, config, device)
+        self.label_weights = softmax_weights([p["value"] for p in self.priors], config.tau_labels)
+
+    # -- the set's start: medium-difficulty real images -------------------------------------------------
+    def initial_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.medium_images(images) if self.config.init == "medium" else super().initial_images(images)
+
+    def medium_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Per class, the ipc real images whose label-weighted committee CE is closest to the class median."""
+        committee = Committee(self.members, self.label_weights).eval()
+        for c in range(self.dataset.num_classes):
+            pool = self.real.all_of(c)
+            with torch.no_grad():
+                losses = torch.cat([F.cross_entropy(committee(b), torch.full((len(b),), c, device=b.device), reduction="none")
+                                    for b in pool.split(512)])
+            order = (losses - losses.median()).abs().argsort()[: self.ipc]
+            images[c * self.ipc:(c + 1) * self.ipc] = pool[order.sort().values].cpu()
+        return images
+
+    # -- one batch: its voters, their weights and BN scales ----------------------------------------------
+    def start_batch(self, b: int) -> None:
+        super().start_batch(b)
+        values = [p["value"] for p in self.priors]
+        g = torch.Generator().manual_seed(self.batch_seed(b, 2))
+        self.voters = select_voters(self.plan[b][0], values, self.config.voters, self.config.selection, g)
+        self.weights = softmax_weights([values[i] for i in self.voters], self.config.tau_synthesis)
+        self.scales = [1.0] * len(self.voters)
+        if self.config.bn_normalize == "init":
+            with torch.no_grad():
+                self.scales = [max(float(forward_with_bn_loss(self.members[i], self.x, self.config.first_bn_weight)[1]), 1e-12)
+                               for i in self.voters]
+
+    def recover_loss(self, view):
+        loss, ces, bns = committee_loss([self.members[i] for i in self.voters], self.weights, self.scales, view, self.y,
+                                        self.config.r_bn, self.config.first_bn_weight)
+        parts = {f"ce/{self.sources[i].arch}": ce for i, ce in zip(self.voters, ces)}
+        parts.update({f"bn/{self.sources[i].arch}": bn for i, bn in zip(self.voters, bns)})
+        return loss, parts
+
+    # -- the committee's labels ---------------------------------------------------------------------------
+    def evaluation(self) -> EvalPlan:
+        from dd.eval import get_protocol
+
+        protocol = get_protocol("teacher", batch_size=self.config.post_batch_size, cosine_eta=self.config.post_cosine_eta,
+                                teacher_bn=self.config.label_bn)
+        committee = Committee(self.members, self.label_weights)
+        return EvalPlan(protocol, committee, [s.describe() for s in self.sources], self.label_weights, self.labels_dir)
+
+    def finalize(self, synset, out, protocol):
+        synset = super().finalize(synset, out, protocol)
+        synset.meta["committee"] = [{**src.describe(), "prior": p, "label_weight": w}
+                                    for src, p, w in zip(self.sources, self.priors, self.label_weights)]
+        return synset

@@ -1,0 +1,148 @@
+"""CV-DD: the weighted committee loss and voted labels by hand, BN normalization, voter choice, priors and metadata."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dd.buffers import record_buffer
+from dd.buffers.config import BufferConfig
+from dd.data import load_dataset
+from dd.methods import build_method, distill
+from dd.methods.cvdd import committee_loss, select_voters, softmax_weights
+from dd.methods.recover import bn_distance
+from dd.synset import SyntheticSet
+from dd.teachers import Committee
+
+
+def tiny(seed: int, width: int = 2) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                        nn.Flatten(), nn.Linear(4 * width, 3)).eval()
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    net[1].running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def widened(net: nn.Sequential, k: int) -> nn.Sequential:
+    """The same function with every channel repeated k times: each BN term is sqrt(k) times the original's."""
+    w = net[0].out_channels
+    out = tiny(0, w * k)
+    with torch.no_grad():
+        out[0].weight.copy_(net[0].weight.repeat(k, 1, 1, 1))
+        out[0].bias.copy_(net[0].bias.repeat(k))
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(out[1], name).copy_(getattr(net[1], name).repeat(k))
+        lin = net[5].weight.view(3, w, 4).repeat(1, k, 1).view(3, w * k * 4) / k
+        out[5].weight.copy_(lin)
+        out[5].bias.copy_(net[5].bias)
+    return out.eval()
+
+
+def test_committee_loss_and_voted_labels_match_a_hand_computation():
+    a, b = tiny(1), tiny(2)
+    x = torch.randn(4, 1, 5, 5)
+    y = torch.tensor([0, 2, 1, 0])
+    priors = [62.0, 55.0]
+    w = softmax_weights(priors, 5.0)
+    assert w[0] == pytest.approx(1 / (1 + math.exp(-7 / 5))) and sum(w) == pytest.approx(1.0)
+    loss, ces, bns = committee_loss([a, b], w, [2.0, 0.5], x, y, r_bn=0.01, first_bn_weight=10.0)
+    expect = 0.0
+    for net, wi, s in ((a, w[0], 2.0), (b, w[1], 0.5)):
+        ce = F.cross_entropy(net(x), y)
+        bn = 10.0 * bn_distance(net[0](x), net[1].running_mean, net[1].running_var)  # the only BN layer is the first
+        expect += wi * (ce + 0.01 * bn / s)
+    assert float(loss.detach()) == pytest.approx(float(expect.detach()), rel=1e-6)
+    lw = softmax_weights(priors, 10.0)
+    voted = Committee([a, b], lw)(x)
+    assert torch.allclose(voted, lw[0] * a(x) + lw[1] * b(x))
+    p = F.softmax(voted / 20.0, 1)  # what the student is distilled towards at T = 20
+    assert torch.allclose(p.sum(1), torch.ones(4))
+
+
+def test_normalization_makes_two_copies_at_different_bn_scales_weigh_equally():
+    a = tiny(3)
+    b = widened(a, 100)  # the same function, BN loss 10x larger
+    x0 = torch.randn(6, 1, 5, 5)
+    x = (x0 + 0.3 * torch.randn_like(x0)).requires_grad_(True)
+    assert torch.allclose(a(x0), b(x0), atol=1e-5)
+    bn_a = bn_distance(a[0](x0), a[1].running_mean, a[1].running_var).detach()
+    bn_b = bn_distance(b[0](x0), b[1].running_mean, b[1].running_var).detach()
+    assert float(bn_b / bn_a) == pytest.approx(10.0, rel=1e-4)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+
+    def grads(scales):
+        out = []
+        for net, s in ((a, scales[0]), (b, scales[1])):
+            loss, _, _ = committee_loss([net], [0.5], [s], x, y, r_bn=1.0, first_bn_weight=1.0)
+            out.append(torch.autograd.grad(loss, x)[0])
+        return out
+
+    init = [float(bn_a), float(bn_b)]  # bn_normalize='init': each member's BN loss on the initial images
+    ga, gb = grads(init)
+    assert torch.allclose(ga, gb, atol=1e-5)
+    ga, gb = grads([1.0, 1.0])  # the paper's plain sum: the widened copy's BN term dominates
+    assert (gb - ga).norm() > (ga.norm())
+
+
+def test_voter_selection():
+    priors = [50.0, 70.0, 60.0, 40.0]
+    assert [select_voters(i, priors, 2, "cycle") for i in range(3)] == [[0, 1], [2, 3], [0, 1]]
+    assert select_voters(5, priors, 2, "top") == [1, 2]
+    picks = {tuple(select_voters(0, priors, 2, "random", torch.Generator().manual_seed(s))) for s in range(20)}
+    assert len(picks) > 1 and all(len(set(p)) == 2 for p in picks)
+    with pytest.raises(ValueError, match="unknown selection"):
+        select_voters(0, priors, 2, "best")
+
+
+@pytest.fixture(scope="module")
+def committee(tmp_path_factory):
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("committee") / "bn"
+    cfg = BufferConfig(dataset="digits", model="convnet-bn", model_options={"width": 8, "depth": 2}, experts=2, epochs=6,
+                       lr=0.05, batch_size=128)
+    record_buffer(cfg, root, device="cpu", progress=False, log=lambda s: None)
+    return [str(root), f"{root}@1"]  # two members (experts 0 and 1 of one buffer)
+
+
+def test_cvdd_records_members_priors_and_weights_and_caches_priors(committee, tmp_path, capsys):
+    run = {"iterations": 3, "eval_every": 0, "eval_runs": 0, "progress": False}
+    cfg = {"batch_classes": 10, "prior": "teacher", "model": "convnet-d2"}
+    res = distill("cvdd", "digits", 2, out=tmp_path / "a", teachers=committee, config=cfg, run=run, device="cpu")
+    members = res.synset.meta["committee"]
+    assert [m["spec"] for m in members] == committee
+    assert all(len(m["sha256"]) == 64 and 0 < m["prior"]["value"] <= 100 for m in members)
+    weights = [m["label_weight"] for m in members]
+    assert weights == pytest.approx(softmax_weights([m["prior"]["value"] for m in members], 10.0))
+    assert res.synset.meta["evaluation"]["teacher_weights"] == pytest.approx(weights)
+    assert res.synset.meta["evaluation"]["protocol"]["batch_size"] == 16
+    assert res.synset.meta["evaluation"]["protocol"]["teacher_bn"] == "train"
+    cache = json.loads(open(committee[0] + "/priors.json").read())  # both members live in that buffer directory
+    assert sorted(v["value"] for v in cache.values()) == sorted(m["prior"]["value"] for m in members)
+    assert {v["settings"]["member"] for v in cache.values()} == {m["sha256"] for m in members}
+    again = distill("cvdd", "digits", 2, out=tmp_path / "b", teachers=committee, config=cfg, run=run, device="cpu")
+    assert all(m["prior"]["cached"] for m in again.synset.meta["committee"])
+    from dd.cli import main
+
+    capsys.readouterr()
+    assert main(["show", str(tmp_path / "a" / "synset.safetensors")]) == 0
+    shown = capsys.readouterr().out
+    assert '"committee"' in shown and '"label_weight"' in shown and committee[1] in shown
+    with pytest.raises(ValueError, match="at least 2 teachers"):
+        distill("cvdd", "digits", 2, teachers=committee[:1], config=cfg, run=run)
+
+
+def test_medium_init_and_recovery_with_voters(committee):
+    m = build_method("cvdd", "digits", 2, {"batch_classes": 10, "prior": "teacher", "voters": 2, "selection": "cycle"},
+                     teachers=committee + [committee[0]], seed=1)
+    assert m.current_set().meta["init"] == "medium"
+    real = load_dataset("digits").train_images
+    first = m.current_set().images[0]
+    assert any(torch.equal(first, r) for r in real)  # a real image
+    n = m.num_steps(3)
+    for it in range(n):
+        out = m.step(it)
+    assert m.voters == [2, 0]  # IPC index 1 of a 3-member committee, pairs in turn
+    assert any(k.startswith("bn/") for k in out)
