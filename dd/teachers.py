@@ -90,6 +90,18 @@ def open_teacher(spec: str, teacher_model: Optional[str] = None) -> TeacherSourc
                             "'package.module:callable'; train one with `dd buffer --experts 1 --out DIR`")
 
 
+def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
+    """Several specs; teacher_model is one architecture for every checkpoint file, or a list with one per spec."""
+    specs = list(specs)
+    models = teacher_model if isinstance(teacher_model, (list, tuple)) else [teacher_model]
+    if len(models) == 1:
+        models = models * len(specs)
+    if len(models) != len(specs):
+        raise ValueError(f"--teacher-model was given {len(models)} times for {len(specs)} teachers: give it once (for "
+                         "every checkpoint file) or once per --teacher, in the same order")
+    return [open_teacher(s, m) for s, m in zip(specs, models)]
+
+
 def _from_buffer(spec: str, path: Path, expert: int) -> TeacherSource:
     from dd.buffers import TrajectoryStore
 

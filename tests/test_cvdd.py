@@ -13,7 +13,6 @@ from dd.data import load_dataset
 from dd.methods import build_method, distill
 from dd.methods.cvdd import committee_loss, select_voters, softmax_weights
 from dd.methods.recover import bn_distance
-from dd.synset import SyntheticSet
 from dd.teachers import Committee
 
 

@@ -128,3 +128,16 @@ def test_torchvision_resnet_weights_load_into_the_zoo_model():
     ours.load_state_dict(ours.adapt_state_dict(tv.state_dict()), strict=True)
     x = torch.randn(2, 3, 64, 64)
     assert torch.allclose(ours(x), tv(x), atol=1e-5)
+
+
+def test_teacher_model_once_for_all_or_once_per_teacher(digits, tmp_path):
+    from dd.teachers import open_teachers
+
+    net = _net(digits)
+    for name in ("a.pt", "b.pt"):
+        torch.save(net.state_dict(), tmp_path / name)
+    specs = [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    assert [t.arch for t in open_teachers(specs, "convnet-bn")] == ["convnet-bn", "convnet-bn"]
+    assert [t.arch for t in open_teachers(specs, ["convnet-bn", "convnet-bn-w32"])] == ["convnet-bn", "convnet-bn-w32"]
+    with pytest.raises(ValueError, match="given 3 times for 2 teachers"):
+        open_teachers(specs, ["a", "b", "c"])

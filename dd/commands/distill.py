@@ -35,7 +35,8 @@ def add_teacher_options(p) -> None:
     p.add_argument("--teacher", dest="teachers", action="append", default=[], metavar="SPEC",
                    help="a teacher: DIR or DIR@E (a `dd buffer` directory, expert E), a checkpoint file, or "
                         "package.module:callable (repeatable)")
-    p.add_argument("--teacher-model", default=None, help="architecture of a checkpoint teacher that does not name it")
+    p.add_argument("--teacher-model", action="append", default=None,
+                   help="architecture of checkpoint teachers that do not name it: once for all, or once per --teacher")
 
 
 def run(args) -> int:

@@ -61,10 +61,10 @@ def protocol_from_args(args, recorded: dict | None = None):
 
 def teacher_for(args, synset, dataset, device):
     """--teacher (several: an equal-weight committee), else the teacher(s) the set records; None when there is none."""
-    from dd.teachers import Committee, open_teacher, teacher_from_records
+    from dd.teachers import Committee, open_teachers, teacher_from_records
 
     if args.teachers:
-        members = [open_teacher(t, args.teacher_model) for t in args.teachers]
+        members = open_teachers(args.teachers, args.teacher_model)
         for m in members:
             m.check_compatible(dataset.name, dataset.zca is not None)
         modules = [m.module(dataset, device) for m in members]

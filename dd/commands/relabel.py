@@ -24,7 +24,7 @@ def run(args) -> int:
     from dd.data import load_dataset
     from dd.eval.labels import StoredLabels, relabel
     from dd.synset import SyntheticSet
-    from dd.teachers import open_teacher
+    from dd.teachers import open_teachers
     from dd.utils import resolve_device
 
     if not args.out:
@@ -40,7 +40,7 @@ def run(args) -> int:
     teacher = teacher_for(args, synset, dataset, device)
     if teacher is None:
         raise ValueError("pass --teacher SPEC (the set records no teacher)")
-    records = ([open_teacher(t, args.teacher_model).describe() for t in args.teachers] if args.teachers
+    records = ([t.describe() for t in open_teachers(args.teachers, args.teacher_model)] if args.teachers
                else synset.meta["evaluation"]["teachers"])
     out = relabel(synset.images, teacher, protocol, args.epochs, args.out, seed=args.seed, topk=args.topk,
                   flip=dataset.flip_ok, teachers=records, device=device)

@@ -78,15 +78,15 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model: Optional[str] = None) -> Inputs:
+def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None) -> Inputs:
     """Opens (and hash-checks) every buffer and teacher a method is given; refuses counts it does not declare."""
     from dd.buffers import TrajectoryStore
-    from dd.teachers import open_teacher
+    from dd.teachers import open_teachers
 
     buffers = [b for b in buffers if b]
     teachers = [t for t in teachers if t]
     check_input_counts(cls, len(buffers), len(teachers))
-    return Inputs([TrajectoryStore(b) for b in buffers], [open_teacher(t, teacher_model) for t in teachers])
+    return Inputs([TrajectoryStore(b) for b in buffers], open_teachers(teachers, teacher_model))
 
 
 def check_inputs(inputs: Inputs, dataset: str, cfg) -> None:
@@ -101,7 +101,7 @@ def check_inputs(inputs: Inputs, dataset: str, cfg) -> None:
 
 
 def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
-            teachers: Sequence = (), teacher_model: Optional[str] = None, data_root: Optional[str] = None):
+            teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None):
     """Resolves a run before touching data: (method class, resolved config, opened inputs, loaded dataset).
 
     Order: open and hash the inputs -> resolve the config (user > config file > preset > default, plus rules that
@@ -126,7 +126,7 @@ def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | N
 
 
 def build_method(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *,
-                 buffers: Sequence = (), teachers: Sequence = (), teacher_model: Optional[str] = None,
+                 buffers: Sequence = (), teachers: Sequence = (), teacher_model=None,
                  device="cpu", seed: int = 0, init: bool = True) -> Method:
     """A ready method object (config resolved, inputs opened, initial set made) outside the driver's loop."""
     cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=buffers, teachers=teachers,
@@ -139,7 +139,7 @@ def build_method(method: str, dataset: str | ImageDataset, ipc: int, config: dic
 
 def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: int = 10, *, out: str | Path | None = None,
             buffer: str | Path | None = None, buffers: Sequence = (), teachers: Sequence = (),
-            teacher_model: Optional[str] = None, config: dict | None = None, run: RunConfig | dict | None = None,
+            teacher_model=None, config: dict | None = None, run: RunConfig | dict | None = None,
             device="auto", seed: int = 0, data_root: str | None = None, resume: bool = True) -> DistillResult:
     """Distils `dataset` into `ipc` images per class with `method`; see RunConfig for the loop's options."""
     run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))

@@ -12,13 +12,16 @@ from dd.models.layers import conv_out, image_hw, norm2d, require_size, small_ima
 
 
 class MLP(nn.Module):
-    """flatten -> Linear(hidden) -> ReLU -> Linear(hidden) -> ReLU -> classifier (3 layers, DC's MLP)."""
+    """flatten -> Linear(hidden) (-> BatchNorm1d) -> ReLU, twice -> classifier (3 layers, DC's MLP; norm 'batch' adds BN)."""
 
-    def __init__(self, channels: int, num_classes: int, image_size=(32, 32), hidden: int = 128):
+    def __init__(self, channels: int, num_classes: int, image_size=(32, 32), hidden: int = 128, norm: str = "none"):
         super().__init__()
+        if norm not in ("none", "batch"):
+            raise ValueError(f"unknown norm '{norm}' for mlp; choose 'none' or 'batch'")
         h, w = image_hw(image_size)
-        self.body = nn.Sequential(nn.Flatten(1), nn.Linear(channels * h * w, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, hidden), nn.ReLU())
+        bn = (lambda: [nn.BatchNorm1d(hidden)]) if norm == "batch" else (lambda: [])
+        self.body = nn.Sequential(nn.Flatten(1), nn.Linear(channels * h * w, hidden), *bn(), nn.ReLU(),
+                                  nn.Linear(hidden, hidden), *bn(), nn.ReLU())
         self.feature_dim = hidden
         self.classifier = nn.Linear(hidden, num_classes)
 

@@ -23,6 +23,7 @@ def _variant(cls, **defaults):
 
 _ZOO = {
     "mlp": (_variant(MLP), "MLP, 3 layers, 128 hidden units (DC)"),
+    "mlp-bn": (_variant(MLP, norm="batch"), "MLP with batch norm after each hidden layer"),
     "lenet": (_variant(LeNet), "LeNet-5 with ReLU and max pooling (DC)"),
     "lenet-bn": (_variant(LeNet, norm="batch"), "LeNet-5 with batch norm after each conv"),
     "alexnet": (_variant(AlexNet), "the DC benchmark's small AlexNet for 28-64px images"),
