@@ -38,9 +38,9 @@ class CVDDConfig(CDAConfig):
     tau_labels: float = 10.0  # softmax temperature of the label weights
     bn_normalize: str = "init"  # 'init': divide each member's BN loss by its value on the batch's initial images; 'none'
     prior: str = "distilled"  # 'distilled' (CDA from the member alone, scored on a validation split) or 'teacher'
-    prior_ipc: int = 1
-    prior_iterations: int = 200
-    prior_epochs: int = 100  # teacher-protocol epochs when scoring a member's own distilled set
+    prior_ipc: int = 10  # the lone member's CDA set used to score it (IPC 1 with ~100 training steps scored chance)
+    prior_iterations: int = 300
+    prior_epochs: int = 300  # teacher-protocol epochs when scoring a member's own distilled set
     post_batch_size: int = 16  # the teacher protocol's batch for the set (the paper's smaller post-training batch)
     post_cosine_eta: float = 2.0  # the paper's gentler cosine (the schedule spans eta x epochs)
     label_bn: str = "train"  # the committee's BatchNorm while labeling: 'train' (batch statistics, the paper) or 'eval'
