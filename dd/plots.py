@@ -31,6 +31,14 @@ def _matplotlib():
     return Figure, FigureCanvasAgg
 
 
+def _integer_iterations(ax) -> None:
+    """Iterations are whole numbers: no 2.5 on the x-axis of a short run."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("iteration")
+
+
 def _png(fig) -> bytes:
     """The figure rendered by the Agg canvas as PNG bytes."""
     _, canvas_cls = _matplotlib()
@@ -77,10 +85,16 @@ def scalar_series(rows: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def curve_keys(series: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
     """The fields worth a panel, `loss` first: not bookkeeping, not the one-point final test accuracies
-    (`test_acc/...`), at least two points and not constant."""
-    keep = [k for k, (its, vals) in series.items()
-            if k not in BOOKKEEPING and not k.startswith("test_acc/") and len(vals) >= 2 and np.ptp(vals) > 0]
-    return sorted(keep, key=lambda k: (k != "loss", not k.startswith("loss"), k))
+    (`test_acc/...`), at least two points, not constant, and not a copy of a field already kept (a loss whose
+    only active term is the total)."""
+    candidates = [k for k, (its, vals) in series.items()
+                  if k not in BOOKKEEPING and not k.startswith("test_acc/") and len(vals) >= 2 and np.ptp(vals) > 0]
+    keep: list[str] = []
+    for k in sorted(candidates, key=lambda k: (k != "loss", not k.startswith("loss"), k)):
+        its, vals = series[k]
+        if not any(np.array_equal(its, series[c][0]) and np.array_equal(vals, series[c][1]) for c in keep):
+            keep.append(k)
+    return keep
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -132,13 +146,13 @@ def plot_curves(rows: list[dict], title: str = "") -> Optional[bytes]:
     for ax, key in zip(axes, keys):
         its, vals = series[key]
         window = smoothing_window(len(vals))
-        ax.plot(its, vals, ".", ms=3, alpha=0.35, color="tab:blue", label="raw")
+        ax.plot(its, vals, ".", ms=4, alpha=0.5, color="tab:blue", label="raw")
         ax.plot(its, smooth(vals, window), "-", lw=1.8, color="tab:red",
                 label=f"moving average ({window})" if window > 1 else "line")
         if vals.min() > 0 and vals.max() / vals.min() > 50:
             ax.set_yscale("log")
         ax.set_title(key)
-        ax.set_xlabel("iteration")
+        _integer_iterations(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
     for ax in axes[len(keys):]:
@@ -159,12 +173,24 @@ def plot_val_acc(rows: list[dict], title: str = "") -> Optional[bytes]:
     ax.plot(its, pct, "o-", ms=4, color="tab:green", label="validation accuracy")
     best = int(np.argmax(pct))
     ax.plot(its[best], pct[best], "*", ms=14, color="tab:orange", label=f"best {pct[best]:.2f}% (it {its[best]:g})")
-    ax.set_xlabel("iteration")
+    _integer_iterations(ax)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"validation accuracy — {title}" if title else "validation accuracy")
     return _png(fig)
+
+
+def _differs(rows: list[dict], first: dict) -> str:
+    """' (30 epochs, 1 run)' when a row name's epochs or run count differ from the title's (the first row's)."""
+    notes = []
+    epochs = sorted({r["protocol"].get("epochs") for r in rows} - {None})
+    if epochs and epochs != [first["protocol"].get("epochs")]:
+        notes.append(f"{', '.join(map(str, epochs))} epochs")
+    runs = sorted({len(r["accs"]) for r in rows})
+    if runs != [len(first["accs"])]:
+        notes.append(f"{', '.join(map(str, runs))} run{'s' if runs != [1] else ''}")
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def plot_cross_arch(report: dict, title: str = "") -> bytes:
@@ -189,8 +215,7 @@ def plot_cross_arch(report: dict, title: str = "") -> bytes:
         sel = [by[(name, archs[i])] for i in present]
         means = np.array([100 * r["mean"] for r in sel])
         stds = np.array([100 * r["std"] for r in sel])
-        epochs = {r["protocol"].get("epochs") for r in sel}
-        label = name if epochs == {epochs0} else f"{name} ({', '.join(str(e) for e in sorted(epochs))} epochs)"
+        label = name + _differs(sel, rows[0])
         pos = x[present] - 0.4 + width * (j + 0.5)
         bars = ax.bar(pos, means, width * 0.92, yerr=stds, capsize=3, label=label)
         for b, r, m, s in zip(bars, sel, means, stds):
@@ -206,8 +231,10 @@ def plot_cross_arch(report: dict, title: str = "") -> bytes:
     meta = report.get("meta") or {}
     protocols = sorted({r["protocol"].get("name", "?") for r in rows})
     ipcs = sorted({r["ipc"] for r in rows if r.get("ipc") is not None})
+    runs0 = len(rows[0]["accs"])
     parts = [meta.get("dataset") or rows[0].get("dataset"), f"IPC {', '.join(map(str, ipcs))}" if ipcs else None,
-             f"protocol {', '.join(protocols)}" + (f" ({epochs0} epochs)" if epochs0 else "")]
+             f"protocol {', '.join(protocols)}" + (f", {epochs0} epochs" if epochs0 else ""),
+             f"{runs0} run{'s' if runs0 != 1 else ''}"]
     head = " · ".join(p for p in parts if p)
     ax.set_title(f"{title}\n{head}" if title else f"cross-architecture evaluation\n{head}", fontsize=10)
     return _png(fig)
@@ -249,7 +276,7 @@ def plot_run(path: str | Path, out: str | Path | None = None) -> list[Path]:
         if not isinstance(data, dict) or not data.get("rows"):
             raise ValueError(f"{report} has no 'rows'; expected a report written by `dd eval` or `dd distill`")
         name = "cross_arch.png" if report.stem == "eval" else f"{report.stem}_cross_arch.png"
-        figures.append((name, plot_cross_arch(data, title if path.is_dir() else "")))
+        figures.append((name, plot_cross_arch(data)))
     written = []
     for name, png in figures:
         if png is not None:

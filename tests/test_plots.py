@@ -70,6 +70,11 @@ def test_curve_keys_put_loss_first_and_skip_bookkeeping_and_one_point_series(tmp
     assert its.tolist() == [9, 19, 29, 39] and vals.tolist() == pytest.approx([0.59, 0.69, 0.79, 0.89])
 
 
+def test_a_term_equal_to_the_total_gets_no_second_panel():
+    rows = [{"it": i, "loss": 10.0 - i, "loss_mmd": 10.0 - i, "loss_attention": 0.0, "lr": 0.01} for i in range(5)]
+    assert curve_keys(scalar_series(rows)) == ["loss"]
+
+
 def test_a_restarted_log_keeps_only_the_last_run(tmp_path):
     path = tmp_path / "metrics.jsonl"
     write_metrics(path, iterations=30)
