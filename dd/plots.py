@@ -242,6 +242,19 @@ def plot_cross_arch(report: dict, title: str = "") -> bytes:
 
 # ---- the whole job -------------------------------------------------------------------------------
 
+REPORT_ROW_FIELDS = ("name", "arch", "accs", "mean", "std", "protocol")
+
+
+def _check_report(data, source: Path) -> None:
+    """An eval.json must hold rows with the fields the bar chart reads; otherwise say which file and which field."""
+    if not isinstance(data, dict) or not data.get("rows"):
+        raise ValueError(f"{source} has no 'rows'; expected a report written by `dd eval` or `dd distill`")
+    for n, row in enumerate(data["rows"]):
+        missing = [f for f in REPORT_ROW_FIELDS if not isinstance(row, dict) or f not in row]
+        if missing:
+            raise ValueError(f"{source}: row {n} lacks {', '.join(missing)}; expected a report written by `dd eval` "
+                             "or `dd distill`")
+
 def plot_run(path: str | Path, out: str | Path | None = None) -> list[Path]:
     """Writes every plot the inputs allow and returns the paths written.
 
@@ -273,8 +286,7 @@ def plot_run(path: str | Path, out: str | Path | None = None) -> list[Path]:
             data = json.loads(report.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{report} is not JSON ({e.msg}); expected a report written by `dd eval` or `dd distill`") from None
-        if not isinstance(data, dict) or not data.get("rows"):
-            raise ValueError(f"{report} has no 'rows'; expected a report written by `dd eval` or `dd distill`")
+        _check_report(data, report)
         name = "cross_arch.png" if report.stem == "eval" else f"{report.stem}_cross_arch.png"
         figures.append((name, plot_cross_arch(data)))
     written = []

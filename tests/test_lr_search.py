@@ -2,7 +2,6 @@
 set and the random baseline alike, never on the test split; the choice is reported in the row and in eval.json."""
 import json
 
-import numpy as np
 import pytest
 import torch
 

@@ -121,6 +121,9 @@ def test_dd_plot_errors_are_clear(tmp_path, capsys):
     (tmp_path / "metrics.jsonl").write_text('{"it": 0, "loss": 1.0}\n')
     assert main(["plot", str(tmp_path)]) == 2
     assert "nothing to plot" in capsys.readouterr().err
+    (tmp_path / "eval.json").write_text(json.dumps({"rows": [{"name": "dm", "arch": "mlp", "mean": 0.5}]}))
+    assert main(["plot", str(tmp_path / "eval.json")]) == 2
+    assert "eval.json: row 0 lacks accs, std, protocol" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.png"))
 
 
