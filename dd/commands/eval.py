@@ -21,6 +21,11 @@ def add_parser(sub, name):
     p.add_argument("--no-baselines", action="store_true", help="with a set: do not add the random/full rows")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the dataset (baselines only; sets record their own)")
     add_protocol_options(p)
+    p.add_argument("--lr-search", default=None, metavar="LR,LR,...",
+                   help="choose each architecture's lr among these on a validation split carved from the training data "
+                        "(10%%, seed 0; never the test split), for the set and the random baseline alike, e.g. "
+                        "0.001,0.005,0.01,0.05,0.1; a set's learned lr is one more candidate; full data keeps the "
+                        "protocol lr")
     add_teacher_options(p)
     p.add_argument("--labels", default=None, help="a `dd relabel` directory: train on its stored teacher labels")
     add_common(p)
@@ -42,6 +47,18 @@ def add_protocol_options(p) -> None:
     p.add_argument("--mix", choices=["none", "cutmix", "mixup"], default=None, help="teacher protocol: batch mixing")
     p.add_argument("--protocol-option", dest="protocol_options", action="append", default=[], metavar="KEY=VALUE",
                    help="any other protocol field, e.g. --protocol-option crop_scale=0.5,1 (repeatable)")
+
+
+def parse_lr_list(text: str) -> list[float]:
+    """'0.001,0.01,0.1' -> [0.001, 0.01, 0.1]; anything but positive numbers is an error naming --lr-search."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [float(t) for t in items]
+    except ValueError:
+        values = []
+    if not values or any(not (v > 0 and v != float("inf")) for v in values):
+        raise ValueError(f"--lr-search expects comma-separated positive learning rates, e.g. 0.001,0.01,0.1; got {text!r}")
+    return values
 
 
 def protocol_from_args(args, recorded: dict | None = None):
@@ -82,6 +99,10 @@ def run(args) -> int:
     from dd.utils import resolve_device, seed_everything
 
     seed_everything(args.seed)
+    lr_search = parse_lr_list(args.lr_search) if args.lr_search is not None else None
+    if lr_search and args.lr is not None:
+        raise ValueError("--lr fixes the lr and --lr-search chooses it: give one (the full-data baseline's lr can be "
+                         "set with --protocol-option lr=VALUE)")
     archs = [a.strip() for a in args.models.split(",") if a.strip()]
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
@@ -102,7 +123,7 @@ def run(args) -> int:
         raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
                           full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
-                          device=device, seed=args.seed, teacher=teacher, labels=args.labels)
+                          device=device, seed=args.seed, teacher=teacher, labels=args.labels, lr_search=lr_search)
     for r in report.rows:
         print(r)
     print()

@@ -1,10 +1,10 @@
 """The standard cross-architecture evaluation harness (DC/MTT hard-label protocol by default)."""
 from dd.eval.harness import (EvalResult, build_report, cross_arch, dataset_for, evaluate, evaluate_full,
-                             evaluate_random, train_and_test)
+                             evaluate_random, search_lr, train_and_test)
 from dd.eval.protocol import PROTOCOLS, Protocol, get_protocol
 from dd.eval.report import Report
 from dd.eval.train import accuracy, distillation_loss, soft_cross_entropy, train_model
 
 __all__ = ["EvalResult", "PROTOCOLS", "Protocol", "Report", "accuracy", "build_report", "cross_arch", "dataset_for",
-           "distillation_loss", "evaluate", "evaluate_full", "evaluate_random", "get_protocol", "soft_cross_entropy",
-           "train_and_test", "train_model"]
+           "distillation_loss", "evaluate", "evaluate_full", "evaluate_random", "get_protocol", "search_lr",
+           "soft_cross_entropy", "train_and_test", "train_model"]

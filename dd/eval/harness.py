@@ -5,6 +5,7 @@ full-data baselines under the identical protocol; `build_report` puts them side 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -72,6 +73,51 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDat
     return accuracy(model, dataset.test_images.to(device), dataset.test_labels.to(device), protocol.test_batch_size)
 
 
+LR_SEARCH_VAL_FRACTION = 0.1  # the validation split the lr search scores on: 10% of the training data, stratified,
+LR_SEARCH_VAL_SEED = 0  # seed 0 (the split `dd distill` validates on by default)
+
+
+def search_lr(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDataset, arch: str, protocol: Protocol,
+              candidates: Sequence[float], *, seed: int, device, teacher=None, stored=None,
+              model_options: Optional[dict] = None) -> tuple[float, dict[float, Optional[float]]]:
+    """Picks the training lr for (images, labels) on `arch` by validation accuracy: one fresh network per candidate,
+    trained under `protocol` with that lr and scored on a stratified validation split carved from the *training*
+    data (never the test split), so an architecture the set was not distilled on gets a tuned lr without the test
+    set choosing it.
+
+    Returns (best lr, {lr: validation accuracy}); a candidate whose training diverges scores None and is never
+    chosen; ties go to the earlier candidate.
+    """
+    if not candidates:
+        raise ValueError("the lr search needs at least one candidate lr")
+    bad = [c for c in candidates if not (math.isfinite(c) and c > 0)]
+    if bad:
+        raise ValueError(f"lr candidates must be positive numbers, got {bad}")
+    _, val = dataset.split_validation(LR_SEARCH_VAL_FRACTION, seed=LR_SEARCH_VAL_SEED)
+    scores: dict[float, Optional[float]] = {}
+    for lr in dict.fromkeys(float(c) for c in candidates):
+        try:
+            scores[lr] = train_and_test(images, labels, val, arch, protocol, seed=seed, device=device, lr=lr,
+                                        teacher=teacher, stored=stored, model_options=model_options)
+        except FloatingPointError:  # train_model stops a diverging run; this lr is simply not a choice
+            scores[lr] = None
+    finite = {lr: acc for lr, acc in scores.items() if acc is not None}
+    if not finite:
+        raise ValueError(f"every candidate lr diverged on {arch} ({', '.join(f'{c:g}' for c in scores)}); "
+                         "give smaller --lr-search values")
+    best = max(finite, key=finite.get)  # max keeps the first of equal scores
+    return best, scores
+
+
+def _searched(lr_search, search: Callable[[], tuple[float, dict]]) -> tuple[Optional[float], dict]:
+    """(chosen lr, the EvalResult.extra fields recording the search), or (None, {}) when there is no search."""
+    if not lr_search:
+        return None, {}
+    best, scores = search()
+    return best, {"lr_search": {f"{lr:g}": acc for lr, acc in scores.items()},
+                  "lr_search_split": f"{LR_SEARCH_VAL_FRACTION:g} of the training data, seed {LR_SEARCH_VAL_SEED}"}
+
+
 def _runs(name: str, make_data: Callable[[int], tuple[torch.Tensor, torch.Tensor, Optional[float]]], dataset: ImageDataset,
           arch: str, protocol: Protocol, runs: int, seed: int, device, ipc, teacher, model_options, progress,
           stored=None) -> EvalResult:
@@ -89,11 +135,14 @@ def _runs(name: str, make_data: Callable[[int], tuple[torch.Tensor, torch.Tensor
 
 def evaluate(synset: SyntheticSet, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 5, *,
              dataset: Optional[ImageDataset] = None, device="auto", seed: int = 0, teacher=None, labels=None,
-             model_options: Optional[dict] = None, progress: bool = True, name: str = "synthetic") -> EvalResult:
+             model_options: Optional[dict] = None, progress: bool = True, name: str = "synthetic",
+             lr_search: Optional[Sequence[float]] = None) -> EvalResult:
     """Trains `runs` fresh `arch` networks on `synset` and reports test accuracy (last epoch) mean ± std.
 
     teacher: the module that labels each view under the teacher protocol; labels: a `dd relabel` directory
-    (or StoredLabels) to train on instead of running the teacher.
+    (or StoredLabels) to train on instead of running the teacher. lr_search: candidate lrs, one chosen per
+    architecture on a validation split of the training data (see `search_lr`); a learned lr (MTT) the protocol
+    would use joins the candidates (first, so it wins ties), so the search can keep it but is never forced to.
     """
     protocol = get_protocol(protocol)
     dataset = dataset or dataset_for(synset)
@@ -106,9 +155,16 @@ def evaluate(synset: SyntheticSet, arch: str = "convnet", protocol: str | Protoc
 
         stored = labels if isinstance(labels, StoredLabels) else StoredLabels(labels)
     y = synset.labels.detach()
+    searched, record = _searched(lr_search, lambda: search_lr(
+        images, y, dataset, arch, protocol, [*([lr] if lr is not None else []), *lr_search], seed=seed,
+        device=resolve_device(device), teacher=teacher, stored=stored, model_options=model_options))
+    if searched is not None and lr is not None:
+        record["learned_lr"] = lr
+    lr = searched if searched is not None else lr
     res = _runs(name, lambda s: (images, y, lr), dataset, arch, protocol, runs, seed, device, synset.ipc, teacher,
                 model_options, progress, stored)
     res.extra["lr"] = lr if lr is not None else protocol.lr
+    res.extra.update(record)
     res.extra["image_bytes"] = images.numel() * images.element_size()
     res.extra["label_bytes"] = stored.nbytes if stored is not None else y.numel() * y.element_size()
     if stored is not None:
@@ -118,17 +174,33 @@ def evaluate(synset: SyntheticSet, arch: str = "convnet", protocol: str | Protoc
 
 def evaluate_random(dataset: ImageDataset, ipc: int, arch: str = "convnet", protocol: str | Protocol = "hard",
                     runs: int = 5, *, device="auto", seed: int = 0, teacher=None, model_options=None,
-                    progress: bool = True) -> EvalResult:
+                    progress: bool = True, lr_search: Optional[Sequence[float]] = None) -> EvalResult:
     """Random-real baseline: a fresh random selection of `ipc` images per class for every run (same protocol and
-    teacher as the set it is compared with)."""
+    teacher as the set it is compared with).
+
+    lr_search: candidate lrs, chosen per architecture as for the set (see `search_lr`) on one random selection
+    drawn with the run's seed from the training data *minus* the validation split, so the search never scores
+    a network on images it trained on.
+    """
     protocol = get_protocol(protocol)
     hard = _for_real_images(protocol)
 
+    def search():
+        train_part, _ = dataset.split_validation(LR_SEARCH_VAL_FRACTION, seed=LR_SEARCH_VAL_SEED)
+        sel = SyntheticSet.from_real(train_part, ipc, torch.Generator().manual_seed(10_000 + seed))
+        return search_lr(sel.images, sel.labels, dataset, arch, hard, lr_search, seed=seed,
+                         device=resolve_device(device), teacher=teacher, model_options=model_options)
+
+    lr, record = _searched(lr_search, search)
+
     def make(s):
         sel = SyntheticSet.from_real(dataset, ipc, torch.Generator().manual_seed(10_000 + s))
-        return sel.images, sel.labels, None
+        return sel.images, sel.labels, lr
 
-    return _runs("random-real", make, dataset, arch, hard, runs, seed, device, ipc, teacher, model_options, progress)
+    res = _runs("random-real", make, dataset, arch, hard, runs, seed, device, ipc, teacher, model_options, progress)
+    if lr_search:
+        res.extra.update(lr=lr, **record)
+    return res
 
 
 def evaluate_full(dataset: ImageDataset, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 1, *,
@@ -169,8 +241,13 @@ def cross_arch(synset: SyntheticSet, archs: Sequence[str], protocol: str | Proto
 def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol: str | Protocol = "hard", runs: int = 5,
                  *, dataset: Optional[ImageDataset] = None, ipc: Optional[int] = None,
                  baselines: Sequence[str] = ("random", "full"), full_epochs: Optional[int] = 30, full_runs: int = 1,
-                 device="auto", seed: int = 0, teacher=None, labels=None, progress: bool = True) -> "Report":
-    """Synthetic set (if any) and the baselines, for each architecture, under one protocol (and one teacher)."""
+                 device="auto", seed: int = 0, teacher=None, labels=None, progress: bool = True,
+                 lr_search: Optional[Sequence[float]] = None) -> "Report":
+    """Synthetic set (if any) and the baselines, for each architecture, under one protocol (and one teacher).
+
+    lr_search: candidate lrs searched per architecture on a validation split of the training data, for the set and
+    the random-real baseline alike; the full-data baseline keeps the protocol lr.
+    """
     from dd.eval.report import Report
 
     protocol = get_protocol(protocol)
@@ -184,14 +261,17 @@ def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol:
         if synset is not None:
             rows.append(evaluate(synset, arch, protocol, runs, dataset=dataset, device=device, seed=seed,
                                  teacher=teacher, labels=labels, progress=progress,
-                                 name=synset.meta.get("method", "synthetic")))
+                                 name=synset.meta.get("method", "synthetic"), lr_search=lr_search))
         if "random" in baselines:
             if ipc is None:
                 raise ValueError("the random-real baseline needs --ipc")
             rows.append(evaluate_random(dataset, ipc, arch, protocol, runs, device=device, seed=seed, teacher=teacher,
-                                        progress=progress))
+                                        progress=progress, lr_search=lr_search))
         if "full" in baselines:
             rows.append(evaluate_full(dataset, arch, protocol, full_runs, epochs=full_epochs, device=device, seed=seed,
                                       teacher=teacher, progress=progress))
-    return Report(rows, meta={"dataset": dataset.name, "protocol": protocol.to_dict(), "runs": runs,
-                              "synset": synset.meta if synset is not None else None})
+    meta = {"dataset": dataset.name, "protocol": protocol.to_dict(), "runs": runs,
+            "synset": synset.meta if synset is not None else None}
+    if lr_search:
+        meta["lr_search"] = [float(c) for c in lr_search]
+    return Report(rows, meta=meta)

@@ -29,6 +29,13 @@ class Report:
                 where = f" ({r.extra['labels']})" if r.extra.get("labels") else ""
                 notes.append(f"storage of '{r.name}': images {r.extra['image_bytes']:,} bytes, "
                              f"labels {r.extra['label_bytes']:,} bytes{where}")
+        searched = [r for r in self.rows if "lr_search" in r.extra]
+        if searched:
+            candidates = ", ".join(f"{c:g}" for c in self.meta.get("lr_search", [])) or "the given candidates"
+            chosen = "; ".join(f"{r.name} on {r.arch}: {r.extra['lr']:g}" for r in searched)
+            notes.append(f"lr chosen per architecture from {candidates} on a validation split "
+                         f"({searched[0].extra['lr_search_split']}), never the test split: {chosen}; the full-data "
+                         "baseline keeps the protocol lr")
         protocols = {r.protocol.get("name") for r in self.rows}
         if "teacher" in protocols:
             p = next(r.protocol for r in self.rows if r.protocol.get("name") == "teacher")
