@@ -20,6 +20,11 @@ def add_parser(sub, name):
     p.add_argument("--runs", type=int, default=5, help="fresh networks per row")
     p.add_argument("--no-baselines", action="store_true", help="with a set: do not add the random/full rows")
     p.add_argument("--zca", action="store_true", help="ZCA-whiten the dataset (baselines only; sets record their own)")
+    p.add_argument("--scores", action="store_true",
+                   help="add DD-Ranking scores (HLR, IOR, LRS, ARS) per architecture to the report (see dd.eval.scores)")
+    p.add_argument("--lrs-weight", type=float, default=0.5, help="--scores: w in alpha = w IOR - (1 - w) HLR")
+    p.add_argument("--ars-weight", type=float, default=0.5,
+                   help="--scores: gamma in beta = gamma (gap with augmentation) + (1 - gamma) (gap without)")
     add_protocol_options(p)
     add_teacher_options(p)
     p.add_argument("--labels", default=None, help="a `dd relabel` directory: train on its stored teacher labels")
@@ -86,6 +91,8 @@ def run(args) -> int:
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
         raise ValueError("give a synthetic set file or --baseline random|full")
+    if args.scores and synset is None:
+        raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
     recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
     protocol = protocol_from_args(args, recorded)
     name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
@@ -103,6 +110,13 @@ def run(args) -> int:
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
                           full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
                           device=device, seed=args.seed, teacher=teacher, labels=args.labels)
+    if args.scores:
+        from dd.eval.scores import add_scores
+
+        report = add_scores(report, synset, archs, protocol, args.runs, w=args.lrs_weight, gamma=args.ars_weight,
+                            dataset=dataset, ipc=args.ipc, full_epochs=args.full_epochs or args.epochs or 30,
+                            full_runs=args.runs if args.baseline else 1, device=device, seed=args.seed,
+                            teacher=teacher, labels=args.labels)
     for r in report.rows:
         print(r)
     print()
