@@ -221,3 +221,6 @@ def test_dd_eval_scores_end_to_end_on_digits(tmp_path, digits, capsys):
 def test_dd_eval_scores_errors_are_clear(tmp_path, capsys):
     assert main(["eval", "--dataset", "digits", "--baseline", "random", "--ipc", "2", "--scores"]) == 2
     assert "--scores compares a synthetic set" in capsys.readouterr().err
+    path = SyntheticSet.from_real(load_dataset("digits"), 1, torch.Generator().manual_seed(0)).save(tmp_path / "s.safetensors")
+    assert main(["eval", str(path), "--scores", "--lrs-weight", "50", "--device", "cpu"]) == 2  # refused before training
+    assert "--lrs-weight=50.0 must lie in [0, 1]" in capsys.readouterr().err

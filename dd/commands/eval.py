@@ -91,8 +91,13 @@ def run(args) -> int:
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
         raise ValueError("give a synthetic set file or --baseline random|full")
-    if args.scores and synset is None:
-        raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
+    if args.scores:
+        from dd.eval.scores import check_weight
+
+        if synset is None:
+            raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
+        check_weight(args.lrs_weight, "--lrs-weight")  # before any training
+        check_weight(args.ars_weight, "--ars-weight")
     recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
     protocol = protocol_from_args(args, recorded)
     name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET

@@ -56,7 +56,7 @@ def _check_difference(value: float, name: str) -> float:
     return v
 
 
-def _check_weight(value: float, name: str) -> float:
+def check_weight(value: float, name: str) -> float:
     v = float(value)
     if not (0.0 <= v <= 1.0):
         raise ValueError(f"{name}={value!r} must lie in [0, 1] (it weighs two terms that add up to one)")
@@ -81,7 +81,7 @@ def normalized_score(x: float) -> float:
 
 def lrs(hlr_value: float, ior_value: float, w: float = 0.5) -> float:
     """Label-robust score from HLR and IOR (fractions): normalized_score(w * IOR - (1 - w) * HLR)."""
-    w = _check_weight(w, "w")
+    w = check_weight(w, "w")
     h, i = _check_difference(hlr_value, "HLR"), _check_difference(ior_value, "IOR")
     alpha = w * i - (1 - w) * h
     return normalized_score(alpha)
@@ -89,7 +89,7 @@ def lrs(hlr_value: float, ior_value: float, w: float = 0.5) -> float:
 
 def ars(syn_aug: float, random_aug: float, syn_plain: float, random_plain: float, gamma: float = 0.5) -> float:
     """Augmentation-robust score: normalized_score of gamma * (gap with augmentation) + (1 - gamma) * (gap without)."""
-    gamma = _check_weight(gamma, "gamma")
+    gamma = check_weight(gamma, "gamma")
     beta = gamma * ior(syn_aug, random_aug) + (1 - gamma) * ior(syn_plain, random_plain)
     return normalized_score(beta)
 
@@ -196,8 +196,8 @@ def evaluate_scores(synset, arch: str, protocol: str | Protocol | None = None, r
                     gamma: float = 0.5, **kwargs) -> dict:
     """HLR, IOR, LRS and ARS of `synset` on `arch`, with the accuracies (mean, std, runs) and protocols behind them;
     JSON-ready. kwargs go to `measure_accuracies`."""
-    _check_weight(w, "w")  # before any training, not after it
-    _check_weight(gamma, "gamma")
+    check_weight(w, "w")  # before any training, not after it
+    check_weight(gamma, "gamma")
     results = measure_accuracies(synset, arch, protocol, runs, **kwargs)
     out = scores_from_accuracies({k: r.mean for k, r in results.items()}, w, gamma)
     out["arch"] = arch
@@ -245,8 +245,8 @@ class ScoredReport(Report):
 def add_scores(report: Report, synset, archs: Sequence[str], protocol: str | Protocol | None, runs: int, *,
                w: float = 0.5, gamma: float = 0.5, **kwargs) -> ScoredReport:
     """`report` with meta['scores'] = {arch: evaluate_scores(...)}, reusing the report's own rows (same seed)."""
-    _check_weight(w, "w")
-    _check_weight(gamma, "gamma")
+    check_weight(w, "w")
+    check_weight(gamma, "gamma")
     scores = {arch: evaluate_scores(synset, arch, protocol, runs, w=w, gamma=gamma,
                                     reuse=[r for r in report.rows if r.arch == arch], **kwargs) for arch in archs}
     return ScoredReport(report.rows, {**report.meta, "scores": scores})
