@@ -15,6 +15,7 @@ COMMANDS = {
     "buffer": "dd.commands.buffer",
     "distill": "dd.commands.distill",
     "relabel": "dd.commands.relabel",
+    "export": "dd.commands.export",
 }
 
 

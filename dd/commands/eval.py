@@ -19,7 +19,8 @@ def add_parser(sub, name):
     p.add_argument("--full-epochs", type=int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")
     p.add_argument("--runs", type=int, default=5, help="fresh networks per row")
     p.add_argument("--no-baselines", action="store_true", help="with a set: do not add the random/full rows")
-    p.add_argument("--zca", action="store_true", help="ZCA-whiten the dataset (baselines only; sets record their own)")
+    p.add_argument("--zca", action="store_true",
+                   help="ZCA-whiten the dataset (baselines, and sets that do not record it, e.g. an imported .pt)")
     p.add_argument("--scores", action="store_true",
                    help="add DD-Ranking scores (HLR, IOR, LRS, ARS) per architecture to the report (see dd.eval.scores)")
     p.add_argument("--lrs-weight", type=float, default=0.5, help="--scores: w in alpha = w IOR - (1 - w) HLR")
@@ -101,7 +102,7 @@ def run(args) -> int:
     recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
     protocol = protocol_from_args(args, recorded)
     name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
-    zca = bool(synset.meta.get("zca")) if synset is not None else args.zca
+    zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else args.zca
     dataset = load_dataset(name, root=args.data_root, zca=zca)
     device = resolve_device(args.device)
     teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
