@@ -136,12 +136,16 @@ def test_imagefolder_of_a_zca_rgb_set_undoes_the_whitening(tmp_path):
         assert (got - pixels[c]).abs().max() <= 1 / 255
 
 
-def test_imagefolder_refuses_an_empty_class(tmp_path, digits):
+def test_imagefolder_refuses_an_empty_class_and_a_set_without_normalization(tmp_path, digits, capsys):
     s = digits_set(digits)
     s.labels[s.labels == 9] = 0  # class 9 has no image any more
     rc = main(["export", str(s.save(tmp_path / "set.safetensors")), "--format", "imagefolder",
                "--out", str(tmp_path / "f")])
-    assert rc == 2
+    assert rc == 2 and "classes [9] have no image" in capsys.readouterr().err
+    src = digits_set(digits).save(tmp_path / "ok.safetensors")
+    assert main(["export", str(src), "--format", "pt", "--out", str(tmp_path / "pt")]) == 0
+    rc = main(["export", str(tmp_path / "pt" / "images.pt"), "--format", "imagefolder", "--out", str(tmp_path / "g")])
+    assert rc == 2 and "records no normalization" in capsys.readouterr().err
 
 
 # ---- ddranking -----------------------------------------------------------------------------------

@@ -140,6 +140,9 @@ def export_imagefolder(synset, out: Path) -> tuple[dict, list[str]]:
     """OUT/<class index>/<i>.png for every image (by hard label), 8-bit pixel space, each file written atomically."""
     from dd.utils import atomic_write_bytes
 
+    if not (synset.meta.get("normalization") or {}).get("mean"):
+        raise ValueError("the set records no normalization (e.g. it was imported from a .pt file), so its pixels "
+                         "cannot be recovered; export the .safetensors set dd wrote instead")
     groups = pixel_images_by_class(synset)
     empty = [c for c, g in enumerate(groups) if len(g) == 0]
     if empty:
