@@ -16,6 +16,7 @@ COMMANDS = {
     "distill": "dd.commands.distill",
     "relabel": "dd.commands.relabel",
     "plot": "dd.commands.plot",
+    "export": "dd.commands.export",
 }
 
 

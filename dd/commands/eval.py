@@ -19,7 +19,13 @@ def add_parser(sub, name):
     p.add_argument("--full-epochs", type=int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")
     p.add_argument("--runs", type=int, default=5, help="fresh networks per row")
     p.add_argument("--no-baselines", action="store_true", help="with a set: do not add the random/full rows")
-    p.add_argument("--zca", action="store_true", help="ZCA-whiten the dataset (baselines only; sets record their own)")
+    p.add_argument("--zca", action="store_true",
+                   help="ZCA-whiten the dataset (baselines, and sets that do not record it, e.g. an imported .pt)")
+    p.add_argument("--scores", action="store_true",
+                   help="add DD-Ranking scores (HLR, IOR, LRS, ARS) per architecture to the report (see dd.eval.scores)")
+    p.add_argument("--lrs-weight", type=float, default=0.5, help="--scores: w in alpha = w IOR - (1 - w) HLR")
+    p.add_argument("--ars-weight", type=float, default=0.5,
+                   help="--scores: gamma in beta = gamma (gap with augmentation) + (1 - gamma) (gap without)")
     add_protocol_options(p)
     p.add_argument("--lr-search", default=None, metavar="LR,LR,...",
                    help="choose each architecture's lr among these on a validation split carved from the training data "
@@ -107,10 +113,17 @@ def run(args) -> int:
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
         raise ValueError("give a synthetic set file or --baseline random|full")
+    if args.scores:
+        from dd.eval.scores import check_weight
+
+        if synset is None:
+            raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
+        check_weight(args.lrs_weight, "--lrs-weight")  # before any training
+        check_weight(args.ars_weight, "--ars-weight")
     recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
     protocol = protocol_from_args(args, recorded)
     name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
-    zca = bool(synset.meta.get("zca")) if synset is not None else args.zca
+    zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else args.zca
     dataset = load_dataset(name, root=args.data_root, zca=zca)
     device = resolve_device(args.device)
     teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
@@ -124,6 +137,13 @@ def run(args) -> int:
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
                           full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
                           device=device, seed=args.seed, teacher=teacher, labels=args.labels, lr_search=lr_search)
+    if args.scores:
+        from dd.eval.scores import add_scores
+
+        report = add_scores(report, synset, archs, protocol, args.runs, w=args.lrs_weight, gamma=args.ars_weight,
+                            dataset=dataset, ipc=args.ipc, full_epochs=args.full_epochs or args.epochs or 30,
+                            full_runs=args.runs if args.baseline else 1, device=device, seed=args.seed,
+                            teacher=teacher, labels=args.labels)
     for r in report.rows:
         print(r)
     print()

@@ -3,8 +3,10 @@ from dd.eval.harness import (EvalResult, build_report, cross_arch, dataset_for, 
                              evaluate_random, search_lr, train_and_test)
 from dd.eval.protocol import PROTOCOLS, Protocol, get_protocol
 from dd.eval.report import Report
+from dd.eval.scores import ars, evaluate_scores, hlr, ior, lrs, measure_accuracies, scores_from_accuracies
 from dd.eval.train import accuracy, distillation_loss, soft_cross_entropy, train_model
 
-__all__ = ["EvalResult", "PROTOCOLS", "Protocol", "Report", "accuracy", "build_report", "cross_arch", "dataset_for",
-           "distillation_loss", "evaluate", "evaluate_full", "evaluate_random", "get_protocol", "search_lr",
+__all__ = ["EvalResult", "PROTOCOLS", "Protocol", "Report", "accuracy", "ars", "build_report", "cross_arch",
+           "dataset_for", "distillation_loss", "evaluate", "evaluate_full", "evaluate_random", "evaluate_scores",
+           "get_protocol", "hlr", "ior", "lrs", "measure_accuracies", "scores_from_accuracies", "search_lr",
            "soft_cross_entropy", "train_and_test", "train_model"]
