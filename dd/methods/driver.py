@@ -100,6 +100,19 @@ def check_inputs(inputs: Inputs, dataset: str, cfg) -> None:
         teacher.check_compatible(dataset, cfg.zca)
 
 
+def method_class(name: str) -> type:
+    """A registered method by name; `package.module:name` imports the user's module first (it registers itself)."""
+    if ":" in name:
+        import importlib
+
+        module, _, name = name.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise KeyError(f"cannot import the module of method '{module}:{name}': {e}") from e
+    return METHODS.get(name)
+
+
 def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
             teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None):
     """Resolves a run before touching data: (method class, resolved config, opened inputs, loaded dataset).
@@ -107,7 +120,7 @@ def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | N
     Order: open and hash the inputs -> resolve the config (user > config file > preset > default, plus rules that
     read the inputs) -> check the inputs against it -> load the data with the resolved ZCA setting.
     """
-    cls = METHODS.get(method)
+    cls = method_class(method)
     if ipc < 1:
         raise ValueError(f"--ipc must be a positive number of images per class, got {ipc}")
     name = dataset.name.split(":")[0] if isinstance(dataset, ImageDataset) else dataset
