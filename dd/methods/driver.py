@@ -6,6 +6,7 @@ save the best set and evaluate it on the test split with the harness, beside the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from dd.data import ImageDataset, load_dataset
 from dd.eval import build_report, get_protocol, train_and_test
 from dd.distributed import ProcessGroup
+from dd.lock import output_lock
 from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, config_from_dict
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
@@ -141,13 +143,18 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
             buffer: str | Path | None = None, buffers: Sequence = (), teachers: Sequence = (),
             teacher_model=None, config: dict | None = None, run: RunConfig | dict | None = None,
             device="auto", seed: int = 0, data_root: str | None = None, resume: bool = True) -> DistillResult:
-    """Distils `dataset` into `ipc` images per class with `method`; see RunConfig for the loop's options."""
+    """Distils `dataset` into `ipc` images per class with `method`; see RunConfig for the loop's options.
+
+    With `out`, the directory is locked for the whole run (dd.lock): a second writer is refused before it reads
+    any data, and a lock left by a killed run is taken over, so rerunning resumes from its checkpoint.
+    """
     run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
-    cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=[buffer, *buffers], teachers=teachers,
-                                      teacher_model=teacher_model, data_root=data_root)
     group = ProcessGroup(resolve_device(device))
     try:
-        return _distill(cls, mcfg, inputs, full, ipc, out, run, group, seed, resume)
+        with output_lock(out, group) if out is not None else contextlib.nullcontext():
+            cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=[buffer, *buffers],
+                                              teachers=teachers, teacher_model=teacher_model, data_root=data_root)
+            return _distill(cls, mcfg, inputs, full, ipc, out, run, group, seed, resume)
     finally:
         group.close()
 
