@@ -6,12 +6,12 @@ from pathlib import Path
 
 
 def add_parser(sub, name):
-    from dd.cli import add_common
+    from dd.cli import add_common, positive_int
 
     p = sub.add_parser(name, help="distil a dataset into IPC images per class with a method")
     p.add_argument("--method", default=None, help="method name (see `dd methods`; default dm)")
     p.add_argument("--dataset", default=None, help="dataset name (default mnist10k)")
-    p.add_argument("--ipc", type=int, default=None, help="images per class (default 10)")
+    p.add_argument("--ipc", type=positive_int, default=None, help="images per class (default 10)")
     p.add_argument("--buffer", default=None, help="expert-trajectory buffer directory (trajectory matching)")
     add_teacher_options(p)
     p.add_argument("--iterations", type=int, default=None, help="outer iterations (default 1000)")

@@ -18,7 +18,7 @@ from dd.eval.protocol import Protocol, get_protocol
 from dd.eval.train import accuracy, train_model
 from dd.models import build_model
 from dd.synset import SyntheticSet
-from dd.utils import resolve_device
+from dd.utils import check_ipc, resolve_device
 
 
 @dataclass
@@ -121,6 +121,7 @@ def evaluate_random(dataset: ImageDataset, ipc: int, arch: str = "convnet", prot
                     progress: bool = True) -> EvalResult:
     """Random-real baseline: a fresh random selection of `ipc` images per class for every run (same protocol and
     teacher as the set it is compared with)."""
+    check_ipc(ipc)
     protocol = get_protocol(protocol)
     hard = _for_real_images(protocol)
 
@@ -178,7 +179,7 @@ def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol:
         if synset is None:
             raise ValueError("pass a synthetic set or a dataset")
         dataset = dataset_for(synset)
-    ipc = ipc or (synset.ipc if synset is not None else None)
+    ipc = ipc if ipc is not None else (synset.ipc if synset is not None else None)
     rows: list[EvalResult] = []
     for arch in archs:
         if synset is not None:

@@ -23,7 +23,7 @@ from dd.lock import output_lock
 from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, config_from_dict
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
-from dd.utils import atomic_write_bytes, atomic_write_text, resolve_device, to_jsonable, versions
+from dd.utils import atomic_write_bytes, atomic_write_text, check_ipc, resolve_device, to_jsonable, versions
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -110,8 +110,7 @@ def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | N
     read the inputs) -> check the inputs against it -> load the data with the resolved ZCA setting.
     """
     cls = METHODS.get(method)
-    if ipc < 1:
-        raise ValueError(f"--ipc must be a positive number of images per class, got {ipc}")
+    check_ipc(ipc)
     name = dataset.name.split(":")[0] if isinstance(dataset, ImageDataset) else dataset
     inputs = open_inputs(cls, buffers, teachers, teacher_model)
     mcfg = cls.resolve_config(dict(config or {}), name, ipc, inputs)
