@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -17,10 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dd.data import ImageDataset, load_dataset
-from dd.eval import build_report, get_protocol, train_and_test
+from dd.eval import Protocol, build_report, get_protocol, train_and_test
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
-from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, config_from_dict
+from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, coerce_fields,
+                             config_from_dict)
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
 from dd.utils import atomic_write_bytes, atomic_write_text, check_ipc, resolve_device, to_jsonable, versions
@@ -148,6 +149,7 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
     any data, and a lock left by a killed run is taken over, so rerunning resumes from its checkpoint.
     """
     run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
+    run = replace(run, eval_options=coerce_fields(Protocol, run.eval_options))  # checked before any work starts
     group = ProcessGroup(resolve_device(device))
     try:
         with output_lock(out, group) if out is not None else contextlib.nullcontext():
