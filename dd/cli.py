@@ -38,6 +38,17 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="where the dataset's files are (not needed for mnist10k/digits)")
 
 
+def positive_int(text: str) -> int:
+    """argparse type of counts that must be at least 1 (e.g. --ipc): refused at parse time, naming the option."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import platform
 import random
@@ -121,6 +122,13 @@ def parse_assignments(items: list[str], option: str) -> dict[str, str]:
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def check_ipc(ipc: Any, option: str = "--ipc") -> int:
+    """Refuses an images-per-class count that is not a positive integer, naming the option it came from."""
+    if isinstance(ipc, bool) or not isinstance(ipc, numbers.Integral) or ipc < 1:
+        raise ValueError(f"{option} must be a positive integer (images per class), got {ipc!r}")
+    return int(ipc)
 
 
 def sha256_bytes(data: bytes) -> str:

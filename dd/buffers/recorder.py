@@ -18,6 +18,7 @@ from dd.buffers.steps import expert_step
 from dd.buffers.store import FORMAT, MANIFEST, buffer_key, param_key, shard_name
 from dd.data import ImageDataset, load_dataset
 from dd.distributed import ProcessGroup
+from dd.lock import output_lock
 from dd.utils import atomic_write_bytes, atomic_write_json, resolve_device, sha256_file, to_jsonable, versions
 
 SHARD_FORMAT = "dd-trajectory-shard/1"
@@ -160,65 +161,73 @@ def record_buffer(config: BufferConfig, out: str | Path, device="auto", data_roo
                   dataset: ImageDataset | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
     """Records (or resumes) the buffer of `config` into `out`; returns the directory.
 
-    A rerun with the same config skips experts whose shard is complete; another config is refused.
+    A rerun with the same config skips experts whose shard is complete; another config is refused. The directory
+    is locked for the whole recording (dd.lock, taken by rank 0 before any rank reads data or writes), so a second
+    recorder on the same `out` is refused while a killed one's lock is taken over.
     """
-    cfg = config
     out = Path(out)
-    dev = resolve_device(device)
-    ctx = ProcessGroup(dev)
-    dev = ctx.local_device()
+    ctx = ProcessGroup(resolve_device(device))
     try:
-        ds = dataset if dataset is not None else load_dataset(cfg.dataset, root=data_root, zca=cfg.zca)
-        if ds.name.split(":")[0] != cfg.dataset:
-            raise ValueError(f"dataset object is '{ds.name}' but the config says '{cfg.dataset}'")
-        with torch.random.fork_rng(devices=[]):
-            probe = _build(cfg, ds)
-        listed: dict[int, str] = {}
-        mpath = out / MANIFEST
-        if mpath.exists():
-            try:
-                old = json.loads(mpath.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"'{mpath}' is unreadable ({e}); use another --out or delete it") from e
-            diff = config_diff(old.get("config", {}), to_jsonable(cfg.to_dict()))
-            if diff:
-                raise ValueError(f"'{out}' holds a buffer recorded with another configuration; differences: "
-                                 f"{'; '.join(diff)}. Use another --out, or the same options to resume")
-            listed = {int(e["index"]): e["sha256"] for e in old.get("experts", [])}
-        elif out.exists() and any(out.glob("expert_*.safetensors")):
-            raise ValueError(f"'{out}' holds expert shards but no {MANIFEST}; use another --out or empty it")
-        if ctx.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            for tmp in out.glob(".*.tmp"):  # torn writes of a killed run
-                tmp.unlink(missing_ok=True)
-            if not mpath.exists():
-                atomic_write_json(mpath, _manifest(cfg, ds, probe, [], complete=False))
-        ctx.barrier()
-
-        mine = list(range(ctx.rank, cfg.experts, ctx.world))
-        for k in mine:
-            path = out / shard_name(k)
-            if _shard_ok(path, cfg, k, listed.get(k)):
-                log(f"expert {k}: already recorded in {path.name}, skipping")
-                continue
-            t0 = time.perf_counter()
-            tensors, acc = train_expert(cfg, ds, k, dev, progress=progress)
-            write_shard(path, tensors, cfg, k, acc)
-            log(f"expert {k}/{cfg.experts} (seed {cfg.expert_seed(k)}): test acc {100 * acc:.2f}% "
-                f"in {time.perf_counter() - t0:.1f}s -> {path.name}")
-        ctx.barrier()
-
-        if ctx.rank == 0:
-            entries = []
-            for k in range(cfg.experts):
-                path = out / shard_name(k)
-                h = read_shard_header(path)
-                if h is None or h.get("config_sha256") != config_sha256(cfg):
-                    raise RuntimeError(f"expert {k}'s shard '{path}' is missing or unreadable after recording")
-                entries.append({"index": k, "seed": cfg.expert_seed(k), "file": path.name, "sha256": sha256_file(path),
-                                "bytes": path.stat().st_size, "final_test_accuracy": float(h["final_test_accuracy"])})
-            atomic_write_json(mpath, _manifest(cfg, ds, probe, entries, complete=True))
-        ctx.barrier()
+        with output_lock(out, ctx):
+            _record(config, out, ctx, data_root, dataset, progress, log)
     finally:
         ctx.close()
     return out
+
+
+def _record(cfg: BufferConfig, out: Path, ctx: ProcessGroup, data_root: str | None, dataset: ImageDataset | None,
+            progress: bool, log: Callable[[str], None]) -> None:
+    """record_buffer's work once the directory is locked: check an existing manifest, deal the missing experts to
+    the ranks, record them, and let rank 0 write the complete manifest."""
+    dev = ctx.local_device()
+    ds = dataset if dataset is not None else load_dataset(cfg.dataset, root=data_root, zca=cfg.zca)
+    if ds.name.split(":")[0] != cfg.dataset:
+        raise ValueError(f"dataset object is '{ds.name}' but the config says '{cfg.dataset}'")
+    with torch.random.fork_rng(devices=[]):
+        probe = _build(cfg, ds)
+    listed: dict[int, str] = {}
+    mpath = out / MANIFEST
+    if mpath.exists():
+        try:
+            old = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"'{mpath}' is unreadable ({e}); use another --out or delete it") from e
+        diff = config_diff(old.get("config", {}), to_jsonable(cfg.to_dict()))
+        if diff:
+            raise ValueError(f"'{out}' holds a buffer recorded with another configuration; differences: "
+                             f"{'; '.join(diff)}. Use another --out, or the same options to resume")
+        listed = {int(e["index"]): e["sha256"] for e in old.get("experts", [])}
+    elif out.exists() and any(out.glob("expert_*.safetensors")):
+        raise ValueError(f"'{out}' holds expert shards but no {MANIFEST}; use another --out or empty it")
+    if ctx.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        for tmp in out.glob(".*.tmp"):  # torn writes of a killed run
+            tmp.unlink(missing_ok=True)
+        if not mpath.exists():
+            atomic_write_json(mpath, _manifest(cfg, ds, probe, [], complete=False))
+    ctx.barrier()
+
+    mine = list(range(ctx.rank, cfg.experts, ctx.world))
+    for k in mine:
+        path = out / shard_name(k)
+        if _shard_ok(path, cfg, k, listed.get(k)):
+            log(f"expert {k}: already recorded in {path.name}, skipping")
+            continue
+        t0 = time.perf_counter()
+        tensors, acc = train_expert(cfg, ds, k, dev, progress=progress)
+        write_shard(path, tensors, cfg, k, acc)
+        log(f"expert {k}/{cfg.experts} (seed {cfg.expert_seed(k)}): test acc {100 * acc:.2f}% "
+            f"in {time.perf_counter() - t0:.1f}s -> {path.name}")
+    ctx.barrier()
+
+    if ctx.rank == 0:
+        entries = []
+        for k in range(cfg.experts):
+            path = out / shard_name(k)
+            h = read_shard_header(path)
+            if h is None or h.get("config_sha256") != config_sha256(cfg):
+                raise RuntimeError(f"expert {k}'s shard '{path}' is missing or unreadable after recording")
+            entries.append({"index": k, "seed": cfg.expert_seed(k), "file": path.name, "sha256": sha256_file(path),
+                            "bytes": path.stat().st_size, "final_test_accuracy": float(h["final_test_accuracy"])})
+        atomic_write_json(mpath, _manifest(cfg, ds, probe, entries, complete=True))
+    ctx.barrier()

@@ -6,12 +6,12 @@ from pathlib import Path
 
 
 def add_parser(sub, name):
-    from dd.cli import add_common
+    from dd.cli import add_common, positive_int
 
     p = sub.add_parser(name, help="distil a dataset into IPC images per class with a method")
     p.add_argument("--method", default=None, help="method name (see `dd methods`; default dm)")
     p.add_argument("--dataset", default=None, help="dataset name (default mnist10k)")
-    p.add_argument("--ipc", type=int, default=None, help="images per class (default 10)")
+    p.add_argument("--ipc", type=positive_int, default=None, help="images per class (default 10)")
     p.add_argument("--buffer", default=None, help="expert-trajectory buffer directory (trajectory matching)")
     add_teacher_options(p)
     p.add_argument("--iterations", type=int, default=None, help="outer iterations (default 1000)")
@@ -39,6 +39,27 @@ def add_teacher_options(p) -> None:
                    help="architecture of checkpoint teachers that do not name it: once for all, or once per --teacher")
 
 
+# run options that have a flag of their own; the others are set in a --config file's "run" section
+RUN_FLAGS = {"iterations": "--iterations", "eval_epochs": "--eval-epochs", "eval_runs": "--eval-runs",
+             "eval_every": "--eval-every", "eval_models": "--eval-models"}
+
+
+def check_set_keys(method: str, sets: dict) -> None:
+    """--set sets method options: a run option (a RunConfig field) given there is refused saying where it goes."""
+    from dataclasses import fields
+
+    from dd.methods.driver import RunConfig, method_class
+
+    method_keys = {f.name for f in fields(method_class(method).Config)}
+    run_keys = {f.name for f in fields(RunConfig)}
+    for key, value in sets.items():
+        if key in run_keys and key not in method_keys:
+            where = (f"use {RUN_FLAGS[key]} {value}" if key in RUN_FLAGS
+                     else f'put it in a --config file\'s "run" section, e.g. {{"run": {{"{key}": {value}}}}}')
+            raise ValueError(f"--set {key}={value}: '{key}' is a run option, not an option of method '{method}'; "
+                             f"{where}")
+
+
 def run(args) -> int:
     from dd.methods import distill
     from dd.utils import parse_assignments
@@ -57,7 +78,9 @@ def run(args) -> int:
     for k, default in (("method", "dm"), ("dataset", "mnist10k"), ("ipc", 10)):
         if getattr(args, k) is None:
             setattr(args, k, default)
-    cfg.update(parse_assignments(args.sets, "--set"))
+    sets = parse_assignments(args.sets, "--set")
+    check_set_keys(args.method, sets)
+    cfg.update(sets)
     if args.model:
         cfg["model"] = args.model
     for key, val in (("iterations", args.iterations), ("eval_epochs", args.eval_epochs), ("eval_runs", args.eval_runs),

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def add_parser(sub, name):
-    from dd.cli import add_common
+    from dd.cli import add_common, positive_int
     from dd.commands.distill import add_teacher_options
 
     p = sub.add_parser(name, help="evaluate a synthetic set or a baseline under the standard protocol")
@@ -13,7 +13,7 @@ def add_parser(sub, name):
     p.add_argument("--baseline", choices=["random", "full"], action="append",
                    help="evaluate a baseline instead of (or beside) a set; repeatable")
     p.add_argument("--dataset", default=None, help="dataset (default: the set's own, else mnist10k)")
-    p.add_argument("--ipc", type=int, default=None, help="images per class for --baseline random")
+    p.add_argument("--ipc", type=positive_int, default=None, help="images per class for --baseline random")
     p.add_argument("--model", "--models", dest="models", default="convnet",
                    help="architecture(s), comma-separated, e.g. convnet-w32,mlp,lenet")
     p.add_argument("--full-epochs", type=int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")

@@ -19,7 +19,7 @@ from dd.eval.protocol import Protocol, get_protocol
 from dd.eval.train import accuracy, train_model
 from dd.models import build_model
 from dd.synset import SyntheticSet
-from dd.utils import resolve_device
+from dd.utils import check_ipc, resolve_device
 
 
 @dataclass
@@ -182,6 +182,7 @@ def evaluate_random(dataset: ImageDataset, ipc: int, arch: str = "convnet", prot
     drawn with the run's seed from the training data *minus* the validation split, so the search never scores
     a network on images it trained on.
     """
+    check_ipc(ipc)
     protocol = get_protocol(protocol)
     hard = _for_real_images(protocol)
 
@@ -255,7 +256,7 @@ def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol:
         if synset is None:
             raise ValueError("pass a synthetic set or a dataset")
         dataset = dataset_for(synset)
-    ipc = ipc or (synset.ipc if synset is not None else None)
+    ipc = ipc if ipc is not None else (synset.ipc if synset is not None else None)
     rows: list[EvalResult] = []
     for arch in archs:
         if synset is not None:

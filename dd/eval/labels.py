@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from dd.eval.protocol import Protocol
 from dd.eval.views import EpochViews, apply_views, draw_views, epoch_generator
+from dd.lock import output_lock
 from dd.utils import atomic_write_bytes, atomic_write_json, sha256_file, to_jsonable, versions
 
 FORMAT = "dd.labels/1"
@@ -49,12 +50,22 @@ def teacher_forward(teacher: torch.nn.Module, protocol: Protocol) -> torch.nn.Mo
 def relabel(images: torch.Tensor, teacher: torch.nn.Module, protocol: Protocol, epochs: int, out: str | Path, *,
             seed: int = 0, topk: int = 10, flip: bool = True, teachers: Optional[list] = None, device="cpu",
             progress: bool = True) -> Path:
-    """Writes (or resumes) `epochs` epochs of stored labels for `images` under `protocol`'s views into `out`."""
+    """Writes (or resumes) `epochs` epochs of stored labels for `images` under `protocol`'s views into `out`.
+
+    `out` is locked while the labels are written (dd.lock): a second writer is refused, a killed one's lock is
+    taken over and its complete epochs are kept.
+    """
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     if not protocol.crop:
         raise ValueError("stored labels replay crop views: use the teacher protocol (crop=True)")
-    out = Path(out)
+    with output_lock(out):
+        return _write_labels(images, teacher, protocol, epochs, Path(out), seed, topk, flip, teachers, device, progress)
+
+
+def _write_labels(images: torch.Tensor, teacher: torch.nn.Module, protocol: Protocol, epochs: int, out: Path,
+                  seed: int, topk: int, flip: bool, teachers: Optional[list], device, progress: bool) -> Path:
+    """relabel's work once `out` is locked: check a manifest already there, then write each missing epoch."""
     n, num_classes = len(images), None
     dev = torch.device(device)
     model = teacher_forward(teacher.to(dev), protocol)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,40 +205,146 @@ def check_input_counts(cls: type, buffers: int, teachers: int) -> None:
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Builds a config dataclass, rejecting unknown keys with the list of known ones."""
+    """Builds a config dataclass, rejecting unknown keys (with the known ones) and mistyped values (see coerce_fields)."""
     return cls(**coerce_fields(cls, values))
 
 
 def coerce_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """Converts command-line strings to a dataclass's field types; unknown keys are refused with the known ones."""
+    """Parses command-line strings and checks JSON values (--config files, the Python API) against a dataclass's
+    field types; an unknown key is refused with the known ones, a wrong value with its key and the type expected."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    return {k: _coerce(v, hints.get(k, Any), k) for k, v in values.items()}
+    return {k: coerce_value(v, hints.get(k, Any), k, cls.__name__) for k, v in values.items()}
 
 
-def _coerce(v, typ, name):
-    if not isinstance(v, str):
-        return v
+class _Mismatch(Exception):
+    """A value that does not fit a type (turned into a ValueError naming the option by coerce_value)."""
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_UNION = (typing.Union, getattr(types, "UnionType", typing.Union))
+_PLURAL = {bool: "true/false values", int: "integers", float: "numbers", str: "strings"}
+
+
+def coerce_value(v: Any, typ: Any, name: str, owner: str = "") -> Any:
+    """One option's value as its declared type: a string is parsed (e.g. --set lr=0.1), any other value must
+    already fit (a number for a float, a list for a tuple); else a ValueError names the option and the type."""
+    try:
+        return _convert(v, typ)
+    except _Mismatch:
+        where = f" of {owner}" if owner else ""
+        raise ValueError(f"option {name!r}{where} expects {describe_type(typ)}, got {v!r}") from None
+
+
+def describe_type(typ: Any) -> str:
+    """A type as an error message says it: 'an integer', 'a number or none', '2 comma-separated numbers' ..."""
+    origin, args = typing.get_origin(typ), typing.get_args(typ)
+    if origin in _UNION:
+        inner = [describe_type(a) for a in args if a is not type(None)]
+        return " or ".join(inner) + (" or none" if type(None) in args else "")
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a comma-separated list of {_PLURAL.get(args[0], 'values')}"
+        kinds = {_PLURAL.get(a, "values") for a in args}
+        return f"{len(args)} comma-separated {kinds.pop() if len(kinds) == 1 else 'values'}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            dict: "a JSON object"}.get(typ, getattr(typ, "__name__", str(typ)))
+
+
+def _convert(v: Any, typ: Any) -> Any:
+    """coerce_value's work: the converted value, or _Mismatch."""
     origin = typing.get_origin(typ)
-    args = [a for a in typing.get_args(typ) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
-        if v.lower() in ("none", "null"):
-            return None
-        typ = args[0]
+    if origin in _UNION:
+        return _convert_union(v, typing.get_args(typ))
+    if origin is tuple:
+        return _convert_tuple(v, typing.get_args(typ))
     if typ is bool:
-        if v.lower() in ("1", "true", "yes", "on"):
-            return True
-        if v.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"option {name} expects true/false, got {v!r}")
-    if typ in (int, float):
+        return _convert_bool(v)
+    if typ is int:
+        return _convert_int(v)
+    if typ is float:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return v
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                raise _Mismatch from None
+        raise _Mismatch
+    if typ is str:
+        if isinstance(v, str):
+            return v
+        raise _Mismatch
+    if typ is dict:
+        return _convert_dict(v)
+    return v  # Any, or a type the options do not use: taken as given
+
+
+def _convert_union(v: Any, args: tuple) -> Any:
+    if type(None) in args and (v is None or (isinstance(v, str) and v.strip().lower() in ("none", "null"))):
+        return None
+    for a in args:
+        if a is type(None):
+            continue
         try:
-            return typ(float(v)) if typ is int and "e" in v.lower() else typ(v)
+            return _convert(v, a)
+        except _Mismatch:
+            pass
+    raise _Mismatch
+
+
+def _convert_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
+        return v.strip().lower() in _TRUE
+    raise _Mismatch
+
+
+def _convert_int(v: Any) -> int:
+    """Integers, and whole numbers written as floats ('1e3', 1000.0); 1.5 or 'abc' do not fit."""
+    if isinstance(v, bool):
+        raise _Mismatch
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v)
         except ValueError:
-            raise ValueError(f"option {name} expects {typ.__name__}, got {v!r}") from None
-    if typing.get_origin(typ) is tuple:
-        return tuple(float(p) for p in v.strip("()[] ").split(","))
-    return v
+            try:
+                v = float(v)
+            except ValueError:
+                raise _Mismatch from None
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    raise _Mismatch
+
+
+def _convert_dict(v: Any) -> dict:
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            raise _Mismatch from None
+    if isinstance(v, dict):
+        return v
+    raise _Mismatch
+
+
+def _convert_tuple(v: Any, args: tuple) -> tuple:
+    """A list/tuple, or a comma-separated string ('0.08,1' or '(0.08, 1)'), element by element."""
+    if isinstance(v, str):
+        text = v.strip().strip("()[]").strip()
+        v = [p.strip() for p in text.split(",")] if text else []
+    if not isinstance(v, (list, tuple)):
+        raise _Mismatch
+    if len(args) == 2 and args[1] is Ellipsis:
+        kinds = [args[0]] * len(v)
+    elif len(args) == len(v):
+        kinds = list(args)
+    else:
+        raise _Mismatch
+    return tuple(_convert(item, kind) for item, kind in zip(v, kinds))

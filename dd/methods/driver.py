@@ -6,9 +6,10 @@ save the best set and evaluate it on the test split with the harness, beside the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -16,12 +17,14 @@ import torch
 from tqdm.auto import tqdm
 
 from dd.data import ImageDataset, load_dataset
-from dd.eval import build_report, get_protocol, train_and_test
+from dd.eval import Protocol, build_report, get_protocol, train_and_test
 from dd.distributed import ProcessGroup
-from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, config_from_dict
+from dd.lock import output_lock
+from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, coerce_fields,
+                             config_from_dict)
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
-from dd.utils import atomic_write_bytes, atomic_write_text, resolve_device, to_jsonable, versions
+from dd.utils import atomic_write_bytes, atomic_write_text, check_ipc, resolve_device, to_jsonable, versions
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -121,8 +124,7 @@ def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | N
     read the inputs) -> check the inputs against it -> load the data with the resolved ZCA setting.
     """
     cls = method_class(method)
-    if ipc < 1:
-        raise ValueError(f"--ipc must be a positive number of images per class, got {ipc}")
+    check_ipc(ipc)
     name = dataset.name.split(":")[0] if isinstance(dataset, ImageDataset) else dataset
     inputs = open_inputs(cls, buffers, teachers, teacher_model)
     mcfg = cls.resolve_config(dict(config or {}), name, ipc, inputs)
@@ -154,13 +156,19 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
             buffer: str | Path | None = None, buffers: Sequence = (), teachers: Sequence = (),
             teacher_model=None, config: dict | None = None, run: RunConfig | dict | None = None,
             device="auto", seed: int = 0, data_root: str | None = None, resume: bool = True) -> DistillResult:
-    """Distils `dataset` into `ipc` images per class with `method`; see RunConfig for the loop's options."""
+    """Distils `dataset` into `ipc` images per class with `method`; see RunConfig for the loop's options.
+
+    With `out`, the directory is locked for the whole run (dd.lock): a second writer is refused before it reads
+    any data, and a lock left by a killed run is taken over, so rerunning resumes from its checkpoint.
+    """
     run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
-    cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=[buffer, *buffers], teachers=teachers,
-                                      teacher_model=teacher_model, data_root=data_root)
+    run = replace(run, eval_options=coerce_fields(Protocol, run.eval_options))  # checked before any work starts
     group = ProcessGroup(resolve_device(device))
     try:
-        return _distill(cls, mcfg, inputs, full, ipc, out, run, group, seed, resume)
+        with output_lock(out, group) if out is not None else contextlib.nullcontext():
+            cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=[buffer, *buffers],
+                                              teachers=teachers, teacher_model=teacher_model, data_root=data_root)
+            return _distill(cls, mcfg, inputs, full, ipc, out, run, group, seed, resume)
     finally:
         group.close()
 
