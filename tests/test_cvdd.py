@@ -11,7 +11,7 @@ from dd.buffers import record_buffer
 from dd.buffers.config import BufferConfig
 from dd.data import load_dataset
 from dd.methods import build_method, distill
-from dd.methods.cvdd import committee_loss, select_voters, softmax_weights
+from dd.methods.cvdd import bn_scales, committee_loss, select_voters, softmax_weights
 from dd.methods.recover import bn_distance
 from dd.teachers import Committee
 
@@ -79,7 +79,8 @@ def test_normalization_makes_two_copies_at_different_bn_scales_weigh_equally():
             out.append(torch.autograd.grad(loss, x)[0])
         return out
 
-    init = [float(bn_a), float(bn_b)]  # bn_normalize='init': each member's BN loss on the initial images
+    init = bn_scales([float(bn_a), float(bn_b)])  # bn_normalize='init': relative to each member's start
+    assert init == pytest.approx([2 / 11, 20 / 11], rel=1e-4)  # 1 : 10, mean 1
     ga, gb = grads(init)
     assert torch.allclose(ga, gb, atol=1e-5)
     ga, gb = grads([1.0, 1.0])  # the paper's plain sum: the widened copy's BN term dominates

@@ -4,8 +4,11 @@ Per batch (one IPC index, a block of classes) N voters are drawn from the commit
 top-N by prior); their weights are softmax(p / tau_synthesis) over the voters, p being each member's prior in
 percent (`dd.methods.priors`: measured by dd, cached beside the teacher, never typed in). The recover loss is
   sum_i w_i * (CE(f_i(view), y) + r_bn * BN_i(view) / s_i),
-where s_i is member i's BN loss on the batch's initial images (bn_normalize='init'), so a member with many or
-wide BN layers does not dominate; bn_normalize='none' is the paper's plain sum (s_i = 1). Soft labels are the
+where s_i = BN_i(x0) / mean_j BN_j(x0) over the batch's voters, x0 its initial images (bn_normalize='init'): each
+member's BN term is measured relative to its own starting value, so a member with many or wide BN layers does not
+dominate, while the voters' mean keeps the term at the paper's overall scale (r_bn keeps its meaning; dividing
+by BN_i(x0) alone would shrink a noise start's BN term by orders of magnitude); bn_normalize='none' is the
+paper's plain sum (s_i = 1). Soft labels are the
 committee's logits weighted by softmax(p / tau_labels) over all members, with BatchNorm in train mode (each
 batch's own statistics), on every view of the teacher protocol; stored (`relabel_epochs`, `dd relabel`) or on the fly.
 """
@@ -36,7 +39,7 @@ class CVDDConfig(CDAConfig):
     selection: str = "cycle"  # 'cycle' (IPC index i takes members i*N .. i*N+N-1, mod M), 'random', 'top' (by prior)
     tau_synthesis: float = 5.0  # softmax temperature of the voters' weights (priors in percent)
     tau_labels: float = 10.0  # softmax temperature of the label weights
-    bn_normalize: str = "init"  # 'init': divide each member's BN loss by its value on the batch's initial images; 'none'
+    bn_normalize: str = "init"  # 'init': each member's BN loss relative to its value on the batch's start; 'none'
     prior: str = "distilled"  # 'distilled' (CDA from the member alone, scored on a validation split) or 'teacher'
     prior_ipc: int = 10  # the lone member's CDA set used to score it (IPC 1 with ~100 training steps scored chance)
     prior_iterations: int = 300
@@ -62,6 +65,12 @@ def select_voters(index: int, priors: list[float], n: int, mode: str, g: Optiona
     if mode == "random":
         return sorted(torch.randperm(m, generator=g)[:n].tolist())
     raise ValueError(f"unknown selection '{mode}'; choose one of {SELECTIONS}")
+
+
+def bn_scales(start: list[float]) -> list[float]:
+    """s_i = BN_i(x0) / mean_j BN_j(x0): equal footing for every voter, the voters' mean scale kept."""
+    mean = sum(start) / len(start)
+    return [v / mean for v in start]
 
 
 def committee_loss(members, weights, scales, view, y, r_bn: float, first_bn_weight: float):
@@ -133,8 +142,9 @@ class CVDD(CDA):
         self.scales = [1.0] * len(self.voters)
         if self.config.bn_normalize == "init":
             with torch.no_grad():
-                self.scales = [max(float(forward_with_bn_loss(self.members[i], self.x, self.config.first_bn_weight)[1]), 1e-12)
-                               for i in self.voters]
+                start = [max(float(forward_with_bn_loss(self.members[i], self.x, self.config.first_bn_weight)[1]), 1e-12)
+                         for i in self.voters]
+            self.scales = bn_scales(start)
 
     def recover_loss(self, view):
         loss, ces, bns = committee_loss([self.members[i] for i in self.voters], self.weights, self.scales, view, self.y,
