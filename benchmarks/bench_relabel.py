@@ -1,4 +1,4 @@
-"""Seconds per teacher-protocol evaluation epoch: labels from the teacher on the fly vs stored labels (`dd relabel`).
+"""Seconds per teacher-protocol evaluation epoch: labels from the teacher on the fly vs stored labels (`ddtk relabel`).
 
     python benchmarks/bench_relabel.py --teacher-model resnet18-bn --student convnet-w32 --ipc 50 --epochs 3 --repeats 3
 

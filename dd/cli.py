@@ -1,4 +1,7 @@
-"""The `dd` command line: one module per subcommand under dd/commands/ (each has add_parser and run)."""
+"""The `ddtk` command line (also `python -m dd`): one module per subcommand under dd/commands/ (add_parser and run).
+
+The console script is not called `dd`, which would shadow the POSIX disk-copy utility in an activated environment.
+"""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +24,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dd", description="dataset distillation toolkit")
+    parser = argparse.ArgumentParser(prog="ddtk", description="dataset distillation toolkit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         mod = importlib.import_module(module)
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"dd {args.command}: error: {msg}", file=sys.stderr)
+        print(f"ddtk {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -1,6 +1,6 @@
 """An advisory lock on an output directory: one writing job per directory at a time.
 
-Every command that writes a directory (`dd distill`, `dd buffer`, `dd relabel`) holds `D/.dd.lock` for the life
+Every command that writes a directory (`ddtk distill`, `ddtk buffer`, `ddtk relabel`) holds `D/.dd.lock` for the life
 of the job, so a second job started on the same `--out` is refused (with the holder's pid, host, start time and
 command) instead of appending to the same metrics.jsonl and racing on the same checkpoint.
 
@@ -47,10 +47,12 @@ class OutputLocked(RuntimeError):
 
 
 def command_line() -> str:
-    """This process's command line as a person would type it (`python -m dd ...` shows as `dd ...`)."""
+    """This process's command line as a person would type it (`python -m dd ...`, or `ddtk ...` for the script)."""
     argv = list(sys.argv) or ["python"]
     if Path(argv[0]).name == "__main__.py":
-        argv[0] = Path(argv[0]).parent.name
+        argv = ["python", "-m", Path(argv[0]).parent.name, *argv[1:]]
+    else:
+        argv[0] = Path(argv[0]).name
     return shlex.join(argv)
 
 

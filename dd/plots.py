@@ -51,7 +51,7 @@ def _png(fig) -> bytes:
 # ---- reading -------------------------------------------------------------------------------------
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics.jsonl; when the log restarts (`dd distill --restart` appends a new run from iteration 0)
+    """The rows of a metrics.jsonl; when the log restarts (`ddtk distill --restart` appends a new run from iteration 0)
     only the last run's rows are kept, so two runs are never drawn as one curve."""
     path = Path(path)
     rows: list[dict] = []
@@ -118,7 +118,7 @@ def smoothing_window(n: int) -> int:
 
 
 def run_title(run_dir: Path) -> str:
-    """'method · dataset · IPC n' from the run's config.json (written by `dd distill`), else the directory name."""
+    """'method · dataset · IPC n' from the run's config.json (written by `ddtk distill`), else the directory name."""
     cfg = run_dir / "config.json"
     if cfg.is_file():
         try:
@@ -196,7 +196,7 @@ def _differs(rows: list[dict], first: dict) -> str:
 def plot_cross_arch(report: dict, title: str = "") -> bytes:
     """A grouped bar chart of an eval.json: one group per architecture, one bar per row name (the set, random-real,
     full) at its mean test accuracy with the std as error bars; the protocol in the title, and the chosen lr on the
-    bars when the report searched it (`dd eval --lr-search`)."""
+    bars when the report searched it (`ddtk eval --lr-search`)."""
     rows = report.get("rows") or []
     if not rows:
         raise ValueError("the report has no rows to plot")
@@ -248,22 +248,22 @@ REPORT_ROW_FIELDS = ("name", "arch", "accs", "mean", "std", "protocol")
 def _check_report(data, source: Path) -> None:
     """An eval.json must hold rows with the fields the bar chart reads; otherwise say which file and which field."""
     if not isinstance(data, dict) or not data.get("rows"):
-        raise ValueError(f"{source} has no 'rows'; expected a report written by `dd eval` or `dd distill`")
+        raise ValueError(f"{source} has no 'rows'; expected a report written by `ddtk eval` or `ddtk distill`")
     for n, row in enumerate(data["rows"]):
         missing = [f for f in REPORT_ROW_FIELDS if not isinstance(row, dict) or f not in row]
         if missing:
-            raise ValueError(f"{source}: row {n} lacks {', '.join(missing)}; expected a report written by `dd eval` "
-                             "or `dd distill`")
+            raise ValueError(f"{source}: row {n} lacks {', '.join(missing)}; expected a report written by `ddtk eval` "
+                             "or `ddtk distill`")
 
 def plot_run(path: str | Path, out: str | Path | None = None) -> list[Path]:
     """Writes every plot the inputs allow and returns the paths written.
 
-    `path` is a `dd distill` run directory (metrics.jsonl -> loss.png and, with validation, val_acc.png;
+    `path` is a `ddtk distill` run directory (metrics.jsonl -> loss.png and, with validation, val_acc.png;
     eval.json -> cross_arch.png), or one eval.json / metrics.jsonl file. `out` defaults to the directory read.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"'{path}' does not exist; give a `dd distill --out` directory or an eval.json")
+        raise FileNotFoundError(f"'{path}' does not exist; give a `ddtk distill --out` directory or an eval.json")
     if path.is_dir():
         metrics, report, base = path / "metrics.jsonl", path / "eval.json", path
     elif path.suffix == ".jsonl":
@@ -274,7 +274,7 @@ def plot_run(path: str | Path, out: str | Path | None = None) -> list[Path]:
     report = report if report is not None and report.is_file() else None
     if metrics is None and report is None:
         raise FileNotFoundError(f"'{path}' holds neither metrics.jsonl nor eval.json; give the --out directory of "
-                                "`dd distill` (or of `dd eval`), or an eval.json file")
+                                "`ddtk distill` (or of `ddtk eval`), or an eval.json file")
     out_dir = Path(out) if out else base
     title = run_title(base)
     figures: list[tuple[str, Optional[bytes]]] = []
@@ -285,7 +285,7 @@ def plot_run(path: str | Path, out: str | Path | None = None) -> list[Path]:
         try:
             data = json.loads(report.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{report} is not JSON ({e.msg}); expected a report written by `dd eval` or `dd distill`") from None
+            raise ValueError(f"{report} is not JSON ({e.msg}); expected a report written by `ddtk eval` or `ddtk distill`") from None
         _check_report(data, report)
         name = "cross_arch.png" if report.stem == "eval" else f"{report.stem}_cross_arch.png"
         figures.append((name, plot_cross_arch(data)))

@@ -1,8 +1,8 @@
 """Teachers: trained networks that methods (SRe2L, CDA, CV-DD) and the teacher protocol read, named by one spec.
 
 A spec is one of
-  * `DIR` or `DIR@E`: a `dd buffer` directory; expert E's (default 0) last recorded epoch, with its BatchNorm
-    statistics. `dd buffer --experts 1 --out DIR` trains exactly such a teacher.
+  * `DIR` or `DIR@E`: a `ddtk buffer` directory; expert E's (default 0) last recorded epoch, with its BatchNorm
+    statistics. `ddtk buffer --experts 1 --out DIR` trains exactly such a teacher.
   * a checkpoint file: `.safetensors` (a state dict; its metadata may name `model`, `model_options`, `dataset`,
     `zca`), or a foreign `.pt`/`.pth`/`.ckpt`, read with `weights_only=True` (a state dict, or a dict holding one
     under `state_dict`/`model`/`model_state_dict`); pass `teacher_model=NAME` when the file does not say its
@@ -53,7 +53,7 @@ class TeacherSource:
         name = dataset.split(":")[0].lower()
         if self.dataset is not None and self.dataset.split(":")[0].lower() != name:
             raise ValueError(f"teacher '{self.spec}' was trained on dataset '{self.dataset}' but this run uses "
-                             f"'{dataset}'; train one with `dd buffer --dataset {dataset} --experts 1 --out DIR`")
+                             f"'{dataset}'; train one with `ddtk buffer --dataset {dataset} --experts 1 --out DIR`")
         if self.zca is not None and bool(self.zca) != bool(zca):
             raise ValueError(f"teacher '{self.spec}' was trained {'with' if self.zca else 'without'} ZCA whitening but "
                              f"this run uses zca={bool(zca)}; set zca={bool(self.zca)} or use a matching teacher")
@@ -87,7 +87,7 @@ def open_teacher(spec: str, teacher_model: Optional[str] = None) -> TeacherSourc
     if ":" in spec and not spec.endswith(CHECKPOINT_SUFFIXES):
         return _from_callable(spec)
     raise FileNotFoundError(f"teacher '{spec}' is neither a buffer directory (DIR or DIR@E), a checkpoint file, nor "
-                            "'package.module:callable'; train one with `dd buffer --experts 1 --out DIR`")
+                            "'package.module:callable'; train one with `ddtk buffer --experts 1 --out DIR`")
 
 
 def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
@@ -142,7 +142,7 @@ def _from_file(spec: str, path: Path, teacher_model: Optional[str]) -> TeacherSo
         state, meta = _state_dict_of(obj, spec)
     arch = teacher_model or meta.get("model") or meta.get("arch")
     if not arch:
-        raise ValueError(f"checkpoint '{spec}' does not say its architecture; pass --teacher-model NAME (see `dd models`)")
+        raise ValueError(f"checkpoint '{spec}' does not say its architecture; pass --teacher-model NAME (see `ddtk models`)")
     options = json.loads(meta["model_options"]) if isinstance(meta.get("model_options"), str) else {}
     zca = meta.get("zca")
     zca = None if zca is None else str(zca).lower() in ("1", "true")

@@ -1,4 +1,4 @@
-"""`dd distill --method datadam` killed after a checkpoint resumes and ends on the same set as an uninterrupted run."""
+"""`ddtk distill --method datadam` killed after a checkpoint resumes and ends on the same set as an uninterrupted run."""
 import json
 import os
 import signal

@@ -41,3 +41,11 @@ def test_herding_through_the_command_line(tmp_path):
     res = distill("herding", "digits", 2, config={"model": "convnet-d2"},
                   run={"iterations": 2, "eval_every": 0, "eval_runs": 0, "progress": False})
     assert res.synset.meta["method"] == "herding"
+
+
+def test_the_console_script_is_ddtk_not_the_posix_dd():
+    """An activated environment must not shadow coreutils' dd: the command is ddtk (and python -m dd)."""
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.value.startswith("dd.")}
+    assert scripts == {"ddtk": "dd.cli:main"}

@@ -1,4 +1,4 @@
-"""`dd export`: .pt tensors that read back exactly (and evaluate to the same accuracy), 8-bit PNG folders in pixel
+"""`ddtk export`: .pt tensors that read back exactly (and evaluate to the same accuracy), 8-bit PNG folders in pixel
 space, DD-Ranking's class-by-class input, export.json provenance, clear refusals."""
 import json
 

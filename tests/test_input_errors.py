@@ -37,7 +37,7 @@ def test_ipc_from_a_config_file_or_the_api(capsys, tmp_path):
     config.write_text(json.dumps({"method": "dm", "dataset": "digits", "ipc": 0}))
     out = tmp_path / "o"
     err = _fails(["distill", "--config", str(config), "--out", str(out)], capsys)
-    assert "dd distill: error: --ipc must be a positive integer (images per class), got 0" in err
+    assert "ddtk distill: error: --ipc must be a positive integer (images per class), got 0" in err
     assert not out.exists()  # refused before anything was written (the lock's directory is removed again)
 
     from dd.data import load_dataset

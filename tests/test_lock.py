@@ -26,10 +26,10 @@ HOST = socket.gethostname()
 
 def test_holder_writes_its_details_and_a_clean_release_leaves_nothing(tmp_path):
     out = tmp_path / "run"
-    with output_lock(out, command="dd distill --out run") as held:
+    with output_lock(out, command="ddtk distill --out run") as held:
         assert held.mode == "flock"
         info = json.loads((out / LOCK_NAME).read_text())
-        assert info["pid"] == os.getpid() and info["host"] == HOST and info["command"] == "dd distill --out run"
+        assert info["pid"] == os.getpid() and info["host"] == HOST and info["command"] == "ddtk distill --out run"
         assert info["started"]
     assert not out.exists()  # the lock made the directory and nothing was written there
 
@@ -220,7 +220,7 @@ def test_second_distill_on_a_running_out_is_refused(tmp_path):
         first.stderr.close()
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"'{out}' is being written by process {first.pid} on {HOST}" in second.stderr
-    assert "dd distill --method dm" in second.stderr and "use another --out" in second.stderr
+    assert "python -m dd distill --method dm" in second.stderr and "use another --out" in second.stderr
 
 
 def _checkpoint_iteration(out: Path) -> int:
@@ -278,7 +278,7 @@ def test_buffer_refuses_a_locked_directory(held_elsewhere, capsys):
                "--device", "cpu", "--quiet", "--out", str(out)])
     assert rc == 2
     err = capsys.readouterr().err
-    assert f"dd buffer: error: '{out}' is being written by process {pid} on {HOST}" in err
+    assert f"ddtk buffer: error: '{out}' is being written by process {pid} on {HOST}" in err
     assert "command dd holder" in err
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written
 
@@ -314,6 +314,6 @@ def test_torchrun_ranks_all_stop_when_rank_0_is_refused(held_elsewhere):
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
     both = r.stdout + r.stderr
     assert r.returncode != 0
-    assert f"dd buffer: error: '{out}' is being written by process {pid} on {HOST}" in both
-    assert f"dd buffer: error: rank 0 could not lock '{out}'" in both
+    assert f"ddtk buffer: error: '{out}' is being written by process {pid} on {HOST}" in both
+    assert f"ddtk buffer: error: rank 0 could not lock '{out}'" in both
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]

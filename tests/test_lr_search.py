@@ -1,4 +1,4 @@
-"""`dd eval --lr-search`: each architecture's lr is chosen on a validation split carved from the training data, for the
+"""`ddtk eval --lr-search`: each architecture's lr is chosen on a validation split carved from the training data, for the
 set and the random baseline alike, never on the test split; the choice is reported in the row and in eval.json."""
 import json
 

@@ -1,4 +1,4 @@
-"""MTT / FTD / DATM as `dd distill` methods on a tiny digits buffer: learning, guards, resume, soft labels."""
+"""MTT / FTD / DATM as `ddtk distill` methods on a tiny digits buffer: learning, guards, resume, soft labels."""
 import math
 
 import pytest

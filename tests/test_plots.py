@@ -1,4 +1,4 @@
-"""`dd plot`: curves from a hand-written metrics.jsonl, the cross-architecture bar chart from a hand-written eval.json,
+"""`ddtk plot`: curves from a hand-written metrics.jsonl, the cross-architecture bar chart from a hand-written eval.json,
 the smoothing by hand, restarted logs, and the errors (no inputs, no matplotlib)."""
 import json
 import sys
@@ -78,7 +78,7 @@ def test_a_term_equal_to_the_total_gets_no_second_panel():
 def test_a_restarted_log_keeps_only_the_last_run(tmp_path):
     path = tmp_path / "metrics.jsonl"
     write_metrics(path, iterations=30)
-    write_metrics(path, iterations=12)  # `dd distill --restart` appends a new run from iteration 0
+    write_metrics(path, iterations=12)  # `ddtk distill --restart` appends a new run from iteration 0
     its, _ = scalar_series(read_metrics(path))["loss"]
     assert its.tolist() == list(range(12))
 

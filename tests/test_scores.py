@@ -1,5 +1,5 @@
 """DD-Ranking scores: HLR/IOR/LRS/ARS by hand, the [0, 1] bound, percentages refused, the protocols behind each
-accuracy, and `dd eval --scores` end to end on sklearn's digits."""
+accuracy, and `ddtk eval --scores` end to end on sklearn's digits."""
 import json
 import math
 import random

@@ -25,7 +25,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-    """A BatchNorm ConvNet trained on digits by the buffer recorder: `dd buffer --experts 1` is the squeeze step."""
+    """A BatchNorm ConvNet trained on digits by the buffer recorder: `ddtk buffer --experts 1` is the squeeze step."""
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("teacher") / "bn"
     cfg = BufferConfig(dataset="digits", model="convnet-bn", model_options={"width": 16, "depth": 2}, experts=1,
@@ -253,7 +253,7 @@ def test_torchrun_two_ranks_recover_the_single_process_images(teacher_dir, tmp_p
 
 
 def test_command_line_recover_relabel_and_evaluate_with_stored_labels(teacher_dir, tmp_path, capsys):
-    """dd distill (teacher recorded) -> dd show names it -> dd relabel -> dd eval --labels, reporting label bytes."""
+    """ddtk distill (teacher recorded) -> ddtk show names it -> ddtk relabel -> ddtk eval --labels, reporting label bytes."""
     from dd.cli import main
 
     out = tmp_path / "run"

@@ -35,10 +35,10 @@ def read_manifest(path: str | Path) -> tuple[dict, bytes]:
     """(manifest, raw bytes) of a buffer directory; clear errors for a missing or unreadable one."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"buffer directory '{path}' does not exist; record one with `dd buffer --out {path} ...`")
+        raise FileNotFoundError(f"buffer directory '{path}' does not exist; record one with `ddtk buffer --out {path} ...`")
     mpath = path / MANIFEST
     if not mpath.exists():
-        raise FileNotFoundError(f"'{path}' has no {MANIFEST}, so it is not a dd buffer; record one with `dd buffer --out {path} ...`")
+        raise FileNotFoundError(f"'{path}' has no {MANIFEST}, so it is not a ddtk buffer; record one with `ddtk buffer --out {path} ...`")
     raw = mpath.read_bytes()
     try:
         manifest = json.loads(raw)
@@ -66,7 +66,7 @@ class TrajectoryStore:
         if not m.get("complete"):
             done = len(m.get("experts", []))
             raise ValueError(f"buffer '{self.path}' is incomplete ({done} of {m['num_experts']} experts listed); "
-                             "rerun the same `dd buffer` command to finish it")
+                             "rerun the same `ddtk buffer` command to finish it")
         self.num_experts: int = int(m["num_experts"])
         self.num_epochs: int = int(m["num_epochs"])
         self.param_names: list[str] = list(m["param_names"])
@@ -98,7 +98,7 @@ class TrajectoryStore:
         """Raises ValueError naming both sides when the buffer was recorded for another dataset or model."""
         if dataset is not None and dataset.lower() != self.dataset_name.lower():
             raise ValueError(f"buffer '{self.path}' was recorded on dataset '{self.dataset_name}' but this run uses "
-                             f"dataset '{dataset}'; record a buffer for '{dataset}' with `dd buffer --dataset {dataset}`")
+                             f"dataset '{dataset}'; record a buffer for '{dataset}' with `ddtk buffer --dataset {dataset}`")
         if model is not None and model.lower() != self.model_name.lower():
             raise ValueError(f"buffer '{self.path}' was recorded with model '{self.model_name}' but this run uses "
                              f"model '{model}'; use --model {self.model_name} or record a buffer for '{model}'")
@@ -166,12 +166,12 @@ class TrajectoryStore:
         p = self.path / entry["file"]
         if not p.exists():
             raise FileNotFoundError(f"buffer '{self.path}' is missing shard '{p}' (expert {expert}); "
-                                    "rerun the same `dd buffer` command to re-record it")
+                                    "rerun the same `ddtk buffer` command to re-record it")
         if self._verify != "none":
             got = sha256_file(p)
             if got != entry["sha256"]:
                 raise ValueError(f"shard '{p}' (expert {expert}) is corrupt: sha256 {got[:16]}... does not match the "
-                                 f"manifest's {entry['sha256'][:16]}...; delete it and rerun `dd buffer` to re-record it")
+                                 f"manifest's {entry['sha256'][:16]}...; delete it and rerun `ddtk buffer` to re-record it")
         self._verified.add(expert)
 
     def _open(self, expert: int):

@@ -1,4 +1,4 @@
-"""`dd buffer`: record expert trajectories (MTT, FTD's flat GSAM experts, AST's smooth experts); resumable, torchrun-ready."""
+"""`ddtk buffer`: record expert trajectories (MTT, FTD's flat GSAM experts, AST's smooth experts); resumable, torchrun-ready."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +13,7 @@ def add_parser(sub, name):
                                    "Rerun the same command to resume; launch with `torchrun --nproc_per_node=K -m dd "
                                    "buffer ...` to share the experts among K processes.")
     p.add_argument("--dataset", default="mnist10k")
-    p.add_argument("--model", default="convnet", help="architecture (see `dd models`)")
+    p.add_argument("--model", default="convnet", help="architecture (see `ddtk models`)")
     p.add_argument("--model-option", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model constructor argument, e.g. --model-option width=16 (repeatable)")
     p.add_argument("--experts", type=int, default=None, help="number of experts (default 100)")
@@ -42,7 +42,7 @@ def run(args) -> int:
     from dd.buffers import TrajectoryStore, preset, record_buffer
 
     if not args.out:
-        raise ValueError("dd buffer needs --out DIR (the buffer directory)")
+        raise ValueError("ddtk buffer needs --out DIR (the buffer directory)")
     cfg = preset(args.expert_kind, dataset=args.dataset, model=args.model, model_options=parse_options(args.model_options),
                  experts=args.experts, epochs=args.epochs, lr=args.lr, batch_size=args.batch, momentum=args.momentum,
                  weight_decay=args.weight_decay,

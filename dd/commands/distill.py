@@ -1,4 +1,4 @@
-"""`dd distill`: run any registered method (checkpointed, resumable) and evaluate the result."""
+"""`ddtk distill`: run any registered method (checkpointed, resumable) and evaluate the result."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ def add_parser(sub, name):
     from dd.cli import add_common, positive_int
 
     p = sub.add_parser(name, help="distil a dataset into IPC images per class with a method")
-    p.add_argument("--method", default=None, help="method name (see `dd methods`; default dm)")
+    p.add_argument("--method", default=None, help="method name (see `ddtk methods`; default dm)")
     p.add_argument("--dataset", default=None, help="dataset name (default mnist10k)")
     p.add_argument("--ipc", type=positive_int, default=None, help="images per class (default 10)")
     p.add_argument("--buffer", default=None, help="expert-trajectory buffer directory (trajectory matching)")
@@ -33,7 +33,7 @@ def add_parser(sub, name):
 def add_teacher_options(p) -> None:
     """--teacher (repeatable) and --teacher-model: the options every command that reads teachers shares."""
     p.add_argument("--teacher", dest="teachers", action="append", default=[], metavar="SPEC",
-                   help="a teacher: DIR or DIR@E (a `dd buffer` directory, expert E), a checkpoint file, or "
+                   help="a teacher: DIR or DIR@E (a `ddtk buffer` directory, expert E), a checkpoint file, or "
                         "package.module:callable (repeatable)")
     p.add_argument("--teacher-model", action="append", default=None,
                    help="architecture of checkpoint teachers that do not name it: once for all, or once per --teacher")

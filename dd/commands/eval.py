@@ -1,4 +1,4 @@
-"""`dd eval`: score a synthetic set (or a baseline) with the harness, several architectures at once."""
+"""`ddtk eval`: score a synthetic set (or a baseline) with the harness, several architectures at once."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +33,7 @@ def add_parser(sub, name):
                         "0.001,0.005,0.01,0.05,0.1; a set's learned lr is one more candidate; full data keeps the "
                         "protocol lr")
     add_teacher_options(p)
-    p.add_argument("--labels", default=None, help="a `dd relabel` directory: train on its stored teacher labels")
+    p.add_argument("--labels", default=None, help="a `ddtk relabel` directory: train on its stored teacher labels")
     add_common(p)
     return p
 
@@ -128,7 +128,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
     if protocol.labels == "teacher" and teacher is None:
-        raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `dd buffer` directory)")
+        raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` directory)")
     if args.labels and protocol.labels != "teacher":
         raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
     baselines = args.baseline or ([] if args.no_baselines else ["random", "full"])

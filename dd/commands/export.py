@@ -1,9 +1,9 @@
-"""`dd export`: write a synthetic set in a format other tools read (plain .pt tensors, an ImageFolder tree of PNGs,
+"""`ddtk export`: write a synthetic set in a format other tools read (plain .pt tensors, an ImageFolder tree of PNGs,
 or DD-Ranking's evaluator input), with an export.json recording where it came from.
 
 * pt: images.pt, labels.pt (+ lr.pt) as torch.save'd plain tensors in the set's normalized (and, for ZCA sets,
-  whitened) space, as the MTT code's images_best.pt; `dd eval OUT/images.pt` and `SyntheticSet.load` read them back.
-* imagefolder: OUT/<class>/<i>.png, 8-bit, in pixel space (normalization and ZCA undone as `dd show` does); class and
+  whitened) space, as the MTT code's images_best.pt; `ddtk eval OUT/images.pt` and `SyntheticSet.load` read them back.
+* imagefolder: OUT/<class>/<i>.png, 8-bit, in pixel space (normalization and ZCA undone as `ddtk show` does); class and
   file names are zero-padded so that sorting them (torchvision's ImageFolder does) gives the class index and order.
 * ddranking: what DD-Ranking's evaluators take in `compute_metrics(image_tensor=..., hard_labels=... | soft_labels=...,
   syn_lr=...)`: images ordered class by class with the same count per class (its default hard labels are IPC copies
@@ -100,7 +100,7 @@ def export_pt(synset, out: Path) -> tuple[dict, list[str]]:
     if synset.lr is not None:
         tensors["lr.pt"] = torch.tensor(float(synset.lr), dtype=torch.float64)
     notes = [f"tensors in the set's {_space(synset)} space, as the MTT code's images_best.pt",
-             f"dd eval {out / 'images.pt'} --dataset {synset.meta.get('dataset') or 'NAME'}"
+             f"ddtk eval {out / 'images.pt'} --dataset {synset.meta.get('dataset') or 'NAME'}"
              + (" --zca" if synset.meta.get("zca") else "") + " evaluates them (a .pt file records no dataset)"]
     return _write_tensors(out, tensors), notes
 
@@ -112,7 +112,7 @@ def _width(n: int) -> int:
 
 def pixel_images_by_class(synset) -> list:
     """For each class, its images in pixel space [0, 1] (set order within the class), from `display_images`, the
-    same un-ZCA / un-normalize / clamp that `dd show` draws."""
+    same un-ZCA / un-normalize / clamp that `ddtk show` draws."""
     import torch
 
     imgs, per = synset.display_images()
@@ -154,7 +154,7 @@ def export_imagefolder(synset, out: Path) -> tuple[dict, list[str]]:
         for i, img in enumerate(group):
             atomic_write_bytes(out / f"{c:0{cw}d}" / f"{i:0{iw}d}.png", _png_bytes(img))
     notes = ["8-bit PNGs in pixel space: normalization" + (" and ZCA" if synset.meta.get("zca") else "")
-             + " undone and values clamped to [0, 1], as `dd show` draws them",
+             + " undone and values clamped to [0, 1], as `ddtk show` draws them",
              "folder names are class indices, zero-padded so that sorted names (torchvision's ImageFolder) give the "
              "class index"]
     if synset.soft:
@@ -166,7 +166,7 @@ def export_imagefolder(synset, out: Path) -> tuple[dict, list[str]]:
 
 
 DDRANKING_README = """\
-DD-Ranking input written by `dd export --format ddranking` (see export.json for the source set).
+DD-Ranking input written by `ddtk export --format ddranking` (see export.json for the source set).
 
 images.pt  float32 tensor (N x IPC, C, H, W), ordered class by class with {ipc} images per class, in the set's
            {space} space: dd normalizes {dataset} with mean {mean}, std {std}.
@@ -179,7 +179,7 @@ Load and score, e.g. with a hard-label evaluator:
     images = torch.load("images.pt"); labels = torch.load("labels.pt")
     evaluator.compute_metrics(image_tensor=images, {label_arg}=labels{lr_arg})
 Its evaluators report accuracies in percent and, in 0.2.0, feed them to a normalization meant for fractions;
-`dd eval SET --scores` computes HLR/IOR/LRS/ARS on fractions.
+`ddtk eval SET --scores` computes HLR/IOR/LRS/ARS on fractions.
 """
 
 

@@ -1,4 +1,4 @@
-"""`dd datasets`, `dd models`, `dd methods`: what the registries hold."""
+"""`ddtk datasets`, `ddtk models`, `ddtk methods`: what the registries hold."""
 from __future__ import annotations
 
 

@@ -1,4 +1,4 @@
-"""`dd relabel`: store a teacher's labels of every augmented view of a set, epoch by epoch (FKD-style), resumable."""
+"""`ddtk relabel`: store a teacher's labels of every augmented view of a set, epoch by epoch (FKD-style), resumable."""
 from __future__ import annotations
 
 
@@ -9,7 +9,7 @@ def add_parser(sub, name):
 
     p = sub.add_parser(name, help="store teacher labels (views + top-k logits per epoch) for a synthetic set",
                        description="Draws each epoch's teacher-protocol views of the set and stores them with the "
-                                   "teacher's top-k logits in float16; `dd eval SET --labels DIR` trains on them without "
+                                   "teacher's top-k logits in float16; `ddtk eval SET --labels DIR` trains on them without "
                                    "the teacher. Rerun the same command to resume.")
     p.add_argument("synset", help="a .safetensors synthetic set")
     p.add_argument("--topk", type=int, default=10, help="logits kept per view (the rest get probability 0)")
@@ -28,9 +28,9 @@ def run(args) -> int:
     from dd.utils import resolve_device
 
     if not args.out:
-        raise ValueError("dd relabel needs --out DIR (the label directory)")
+        raise ValueError("ddtk relabel needs --out DIR (the label directory)")
     if args.epochs is None:
-        raise ValueError("dd relabel needs --epochs E (how many epochs of views to store; training cycles through them)")
+        raise ValueError("ddtk relabel needs --epochs E (how many epochs of views to store; training cycles through them)")
     synset = SyntheticSet.load(args.synset)
     protocol = protocol_from_args(args, (synset.meta.get("evaluation") or {}).get("protocol") or "teacher")
     if protocol.labels != "teacher":

@@ -1,4 +1,4 @@
-"""`dd show`: a PNG grid (one row per class, pixel space) and a summary of a synthetic set."""
+"""`ddtk show`: a PNG grid (one row per class, pixel space) and a summary of a synthetic set."""
 from __future__ import annotations
 
 import json

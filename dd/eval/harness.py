@@ -74,7 +74,7 @@ def train_and_test(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDat
 
 
 LR_SEARCH_VAL_FRACTION = 0.1  # the validation split the lr search scores on: 10% of the training data, stratified,
-LR_SEARCH_VAL_SEED = 0  # seed 0 (the split `dd distill` validates on by default)
+LR_SEARCH_VAL_SEED = 0  # seed 0 (the split `ddtk distill` validates on by default)
 
 
 def search_lr(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDataset, arch: str, protocol: Protocol,
@@ -139,7 +139,7 @@ def evaluate(synset: SyntheticSet, arch: str = "convnet", protocol: str | Protoc
              lr_search: Optional[Sequence[float]] = None) -> EvalResult:
     """Trains `runs` fresh `arch` networks on `synset` and reports test accuracy (last epoch) mean ± std.
 
-    teacher: the module that labels each view under the teacher protocol; labels: a `dd relabel` directory
+    teacher: the module that labels each view under the teacher protocol; labels: a `ddtk relabel` directory
     (or StoredLabels) to train on instead of running the teacher. lr_search: candidate lrs, one chosen per
     architecture on a validation split of the training data (see `search_lr`); a learned lr (MTT) the protocol
     would use joins the candidates (first, so it wins ties), so the search can keep it but is never forced to.

@@ -1,4 +1,4 @@
-"""Stored soft labels (`dd relabel`): each epoch's views and the teacher's top-k logits, replayed exactly later.
+"""Stored soft labels (`ddtk relabel`): each epoch's views and the teacher's top-k logits, replayed exactly later.
 
 A label directory holds `manifest.json` (format, the set's fingerprint, the teacher(s), the view options,
 epochs, top-k, seed, versions, and every epoch file's sha256 and size) and one safetensors file per epoch
@@ -119,7 +119,7 @@ def _write_labels(images: torch.Tensor, teacher: torch.nn.Module, protocol: Prot
 def _read_manifest(path: Path) -> dict:
     mpath = path / MANIFEST
     if not mpath.exists():
-        raise FileNotFoundError(f"'{path}' has no {MANIFEST}: not a label directory; write one with `dd relabel`")
+        raise FileNotFoundError(f"'{path}' has no {MANIFEST}: not a label directory; write one with `ddtk relabel`")
     m = json.loads(mpath.read_text())
     if m.get("format") != FORMAT:
         raise ValueError(f"'{mpath}' has format {m.get('format')!r}, expected {FORMAT!r}")
@@ -133,7 +133,7 @@ class StoredLabels:
         self.path = Path(path)
         self.manifest = _read_manifest(self.path)
         if not self.manifest.get("complete"):
-            raise ValueError(f"labels in '{self.path}' are incomplete; rerun the same `dd relabel` command to finish them")
+            raise ValueError(f"labels in '{self.path}' are incomplete; rerun the same `ddtk relabel` command to finish them")
         self.files = {f["epoch"]: f for f in self.manifest["files"]}
         self.epochs = int(self.manifest["epochs"])
 

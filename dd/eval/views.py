@@ -1,7 +1,7 @@
 """Augmented views of the teacher protocol, as data: one epoch's batch order, crops, flips and mixing, drawn ahead.
 
 Drawing the parameters first and applying them with one deterministic function is what lets stored labels
-(`dd relabel`) replay exactly the views a teacher labeled: `draw_views` -> `EpochViews` (tensors, saved as is)
+(`ddtk relabel`) replay exactly the views a teacher labeled: `draw_views` -> `EpochViews` (tensors, saved as is)
 -> `apply_views(images, views, b)` gives batch b's images, bit for bit, wherever it runs.
 Crops follow torchvision's RandomResizedCrop draw (area fraction in `scale`, aspect ratio in [3/4, 4/3],
 10 tries, else the whole image) and are resampled bilinearly; CutMix/Mixup pair each image with another of

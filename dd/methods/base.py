@@ -57,7 +57,7 @@ class EvalPlan:
     teacher: Optional[torch.nn.Module] = None
     teachers: list = field(default_factory=list)  # describe() records of the teachers behind `teacher`
     teacher_weights: Optional[list] = None
-    labels: Optional[str] = None  # a directory written by `dd relabel` (None: labels on the fly)
+    labels: Optional[str] = None  # a directory written by `ddtk relabel` (None: labels on the fly)
 
     def to_meta(self) -> dict:
         from dd.eval import get_protocol
@@ -193,9 +193,9 @@ def load_optimizer_state(opt: torch.optim.Optimizer, prefix: str, tensors: dict[
 
 def check_input_counts(cls: type, buffers: int, teachers: int) -> None:
     """Refuses too few or too many buffers/teachers for a method, saying how to pass them."""
-    for kind, have, flag, how in (("buffers", buffers, "--buffer DIR", "record one with `dd buffer`"),
+    for kind, have, flag, how in (("buffers", buffers, "--buffer DIR", "record one with `ddtk buffer`"),
                                   ("teachers", teachers, "--teacher SPEC",
-                                   "train one with `dd buffer --experts 1 --out DIR` and pass DIR")):
+                                   "train one with `ddtk buffer --experts 1 --out DIR` and pass DIR")):
         lo, hi = getattr(cls, kind)
         if have < lo:
             raise ValueError(f"method '{cls.name}' needs {lo if hi == lo else f'at least {lo}'} {kind[:-1]}"

@@ -10,7 +10,7 @@ dominate, while the voters' mean keeps the term at the paper's overall scale (r_
 by BN_i(x0) alone would shrink a noise start's BN term by orders of magnitude); bn_normalize='none' is the
 paper's plain sum (s_i = 1). Soft labels are the
 committee's logits weighted by softmax(p / tau_labels) over all members, with BatchNorm in train mode (each
-batch's own statistics), on every view of the teacher protocol; stored (`relabel_epochs`, `dd relabel`) or on the fly.
+batch's own statistics), on every view of the teacher protocol; stored (`relabel_epochs`, `ddtk relabel`) or on the fly.
 """
 from __future__ import annotations
 

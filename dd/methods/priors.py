@@ -3,7 +3,7 @@
 'distilled' (the paper's prior): CDA recovers `prior_ipc` images per class from the member alone, and a fresh
 `model` network trained on them under the teacher protocol (the member as teacher) is scored on a validation
 split carved from the training data (never the test split). 'teacher' (a cheap proxy): the member's own accuracy
-on that validation split; optimistic when the member was trained on those images, as `dd buffer` teachers are.
+on that validation split; optimistic when the member was trained on those images, as `ddtk buffer` teachers are.
 Values are percentages, as the softmax temperatures of the paper's code expect. The cache is `priors.json` in a
 buffer teacher's directory or `FILE.priors.json` beside a checkpoint, keyed by the sha256 of everything the value
 depends on (the member's hash, the dataset, the mode and its settings); callables are measured every time.

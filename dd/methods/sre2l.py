@@ -1,13 +1,13 @@
 """SRe2L (Yin et al., NeurIPS 2023) and CDA (Yin & Shen, TMLR 2024): squeeze, recover, relabel.
 
-Squeeze is training a BatchNorm teacher (`dd buffer --experts 1`, passed as `--teacher DIR`). Recover optimizes
+Squeeze is training a BatchNorm teacher (`ddtk buffer --experts 1`, passed as `--teacher DIR`). Recover optimizes
 images from noise (or real images) so the frozen teacher classifies their augmented views as their class while
 each BN layer's batch statistics match its running statistics (loss in `recover.py`). One batch holds one image
 per class for up to `batch_classes` classes at one IPC index (the public code's `targets = arange(K)` blocks);
 batches are independent (own seeds, own Adam(betas 0.5, 0.9) with a cosine lr over `--iterations` steps), so they
 shard over torchrun ranks and the images do not depend on the number of processes. CDA anneals the lower
 RandomResizedCrop scale from 1.0 to 0.08 (cosine by default). Relabel/evaluation: the teacher protocol,
-with labels on the fly or stored (`relabel_epochs`, or `dd relabel` afterwards).
+with labels on the fly or stored (`relabel_epochs`, or `ddtk relabel` afterwards).
 """
 from __future__ import annotations
 
