@@ -99,10 +99,23 @@ def teacher_for(args, synset, dataset, device):
 
 
 def run(args) -> int:
+    """`ddtk eval`, in one process or under torchrun: the runs are spread over the ranks (see `build_report`), rank 0
+    prints and writes the report and the other ranks end quietly."""
+    from dd.distributed import ProcessGroup
+    from dd.utils import resolve_device
+
+    group = ProcessGroup(resolve_device(args.device))
+    try:
+        return _run(args, group)
+    finally:
+        group.close()
+
+
+def _run(args, group) -> int:
     from dd.data import DEFAULT_DATASET, load_dataset
     from dd.eval import build_report
     from dd.synset import SyntheticSet
-    from dd.utils import resolve_device, seed_everything
+    from dd.utils import seed_everything
 
     seed_everything(args.seed)
     lr_search = parse_lr_list(args.lr_search) if args.lr_search is not None else None
@@ -125,7 +138,7 @@ def run(args) -> int:
     name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
     zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else args.zca
     dataset = load_dataset(name, root=args.data_root, zca=zca)
-    device = resolve_device(args.device)
+    device = group.local_device()
     teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
     if protocol.labels == "teacher" and teacher is None:
         raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` directory)")
@@ -136,10 +149,16 @@ def run(args) -> int:
         raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
                           full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
-                          device=device, seed=args.seed, teacher=teacher, labels=args.labels, lr_search=lr_search)
+                          device=device, seed=args.seed, teacher=teacher, labels=args.labels, lr_search=lr_search,
+                          group=group, progress=group.is_main)
+    if not group.is_main:
+        return 0
     if args.scores:
         from dd.eval.scores import add_scores
 
+        if group.world > 1:
+            print(f"--scores: the report's runs were spread over {group.world} processes; the scores' further "
+                  "evaluations run in this one (rank 0)")
         report = add_scores(report, synset, archs, protocol, args.runs, w=args.lrs_weight, gamma=args.ars_weight,
                             dataset=dataset, ipc=args.ipc, full_epochs=args.full_epochs or args.epochs or 30,
                             full_runs=args.runs if args.baseline else 1, device=device, seed=args.seed,
