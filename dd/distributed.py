@@ -98,7 +98,8 @@ def deal(costs: Sequence[float], world: int) -> list[list[int]]:
         raise ValueError(f"cannot deal jobs to {world} ranks")
     bad = [i for i, c in enumerate(costs) if not (c >= 0 and c != float("inf"))]
     if bad:
-        raise ValueError(f"job costs must be finite and non-negative; jobs {bad[:10]} are {[costs[i] for i in bad[:10]]}")
+        raise ValueError(f"job costs must be finite and non-negative; jobs {bad[:10]} are "
+                         f"{[costs[i] for i in bad[:10]]}")
     load = [0.0] * world
     hands: list[list[int]] = [[] for _ in range(world)]
     for i in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):

@@ -7,21 +7,16 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
 import dd.eval.harness as H
-from dd.data import load_dataset
 from dd.distributed import ProcessGroup, deal
 from dd.eval import Protocol
 from dd.synset import SyntheticSet
 
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
+pytestmark = pytest.mark.usefixtures("one_thread")  # digits and one_thread: tests/conftest.py
 
 
 # ---- dealing -------------------------------------------------------------------------------------
@@ -74,7 +69,8 @@ class ThreadRanks:
 
         class Group(ProcessGroup):
             def __init__(self):
-                self.world, self.rank, self.local_rank, self.device, self.owned = ranks.world, rank, 0, torch.device("cpu"), False
+                self.world, self.rank, self.local_rank, self.owned = ranks.world, rank, 0, False
+                self.device = torch.device("cpu")
 
             def sum(self, t):
                 ranks.tables[rank] = t.clone()
@@ -154,9 +150,10 @@ def test_torchrun_two_ranks_report_one_process_accuracies(digits, tmp_path):
     one = subprocess.run([sys.executable, "-m", "dd", *args, "--out", str(tmp_path / "one")], env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                          f"--master_port={_free_port()}", "-m", "dd", *args, "--out", str(tmp_path / "two")], env=ENV,
-                         capture_output=True, text=True, timeout=300)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+              f"--master_port={_free_port()}"]
+    two = subprocess.run([*launch, "-m", "dd", *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True,
+                         text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     a, b = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("one", "two"))
     rows = [(r["name"], r["arch"], r["accs"], r.get("extra")) for r in a["rows"]]
