@@ -106,7 +106,8 @@ def run(args) -> int:
     from dd.methods import distill
 
     kwargs = distill_arguments(args)
-    distill(**kwargs)
+    res = distill(**kwargs)
     out = Path(kwargs["out"])
-    print(f"wrote {out / 'synset.safetensors'}, {out / 'synset.png'} and {out / 'eval.md'}")
+    report = f" and {out / 'eval.md'}" if res.report is not None else " (no report: eval_runs is 0)"
+    print(f"wrote {out / 'synset.safetensors'}, {out / 'synset.png'}{report}")
     return 0
