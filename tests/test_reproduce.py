@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TABLES = ROOT / "experiments" / "tables"
 SPECS = sorted(TABLES.glob("*.json"))
 BENCH = TABLES / "bench_mnist10k.json"
+PAPER_TABLES = {"mtt_table1", "ftd", "datm", "datadam", "sre2l_cda", "cvdd"}
 
 
 def _raw(path: Path) -> dict:
@@ -27,6 +28,10 @@ def _raw(path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- specs
+
+def test_the_bench_and_every_paper_table_have_a_spec():
+    assert {p.stem for p in SPECS} >= PAPER_TABLES | {"bench_mnist10k"}
+
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
 def test_spec_parses_and_every_row_is_known_and_sourced(path, tmp_path):
@@ -50,6 +55,35 @@ def test_spec_parses_and_every_row_is_known_and_sourced(path, tmp_path):
     text = "\n".join(lines)
     for row in raw["rows"]:
         assert f"row {row['id']}:" in text
+
+
+def test_paper_trajectory_rows_name_only_method_dataset_and_ipc():
+    for stem in ("mtt_table1", "ftd", "datm"):
+        for row in _raw(TABLES / f"{stem}.json")["rows"]:
+            assert "config" not in row and "options" not in row, f"{stem}/{row['id']}: the preset fills the options"
+
+
+def test_dry_run_names_missing_dataset_directories_and_prints_the_commands(tmp_path, capsys):
+    root = tmp_path / "data"
+    code = main(["reproduce", str(TABLES / "mtt_table1.json"), "--dry-run", "--data-root", str(root),
+                 "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 1, "missing data is a failed check"
+    for folder in ("cifar-10-batches-py", "cifar-100-python", "tiny-imagenet-200"):
+        assert str(root / folder) in out
+    assert f"ddtk buffer --dataset cifar10 --model convnet --experts 100 --epochs 50 --zca --out {tmp_path / 'out'}" in out
+    assert "ddtk buffer --dataset tinyimagenet --model convnet-d4 --experts 100 --epochs 50 --out" in out
+    assert out.count("ddtk distill --config") == 9 and out.count("ddtk eval ") == 9
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_names_missing_imagenet_and_teacher_weights(tmp_path, capsys):
+    root = tmp_path / "data"
+    assert main(["reproduce", str(TABLES / "sre2l_cda.json"), "--dry-run", "--data-root", str(root),
+                 "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert f"missing {root / 'train'}, {root / 'val'}" in out
+    assert "input weights/resnet18-f37072fd.pth does not exist; needed by sre2l-imagenet-ipc50, cda-imagenet-ipc50" in out
 
 
 def test_dry_run_of_the_bench_finds_its_data(tmp_path):
