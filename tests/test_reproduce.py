@@ -279,3 +279,23 @@ def test_an_interrupted_distill_resumes_from_its_checkpoint(smoke, capsys):
     after = SyntheticSet.load(run_dir / "synset.safetensors")
     assert torch.equal(before.images, after.images)
     assert table["mtt-ipc1"]["stages"]["eval"]["status"] == "reused", "the same set keeps its report"
+
+
+def test_rows_left_out_are_listed_as_not_run(tmp_path):
+    out = tmp_path / "out"
+    assert reproduce(BENCH, rows=["random-ipc1"], out=out, smoke=True, device="cpu", log=lambda _: None) == 0
+    table = _table(out)
+    assert list(table) == [r["id"] for r in _raw(BENCH)["rows"]]
+    assert table["random-ipc1"]["stages"]["eval"]["status"] == "ran" and "skipped" not in table["random-ipc1"]
+    assert all(e.get("skipped") for rid, e in table.items() if rid != "random-ipc1")
+    assert "| dm-ipc1 | dm | mnist10k | 1 | convnet-w32 | not run |" in (out / "table.md").read_text()
+
+
+def test_a_second_writer_on_the_output_directory_is_refused(tmp_path):
+    from dd.lock import OutputLock, OutputLocked
+
+    out = tmp_path / "out"
+    with OutputLock(out, command="another reproduce"):
+        with pytest.raises(OutputLocked, match="another reproduce"):
+            reproduce(BENCH, rows=["random-ipc1"], out=out, smoke=True, device="cpu", log=lambda _: None)
+    assert not (out / "table.json").exists()
