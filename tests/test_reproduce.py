@@ -63,6 +63,28 @@ def test_paper_trajectory_rows_name_only_method_dataset_and_ipc():
             assert "config" not in row and "options" not in row, f"{stem}/{row['id']}: the preset fills the options"
 
 
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+def test_every_recipe_fits_the_rows_that_use_it(path):
+    """A row's buffer must be recorded on its dataset, with the model and ZCA setting its resolved config uses (the
+    driver refuses anything else hours later); a teacher recipe must be trained on the row's dataset."""
+    from dd.methods.base import Inputs
+    from dd.methods.driver import method_class
+
+    raw = _raw(path)
+    for row in raw["rows"]:
+        base = _raw(path.parent / row["config"]) if "config" in row else {}
+        values = {k: v for k, v in {**base, **row.get("options", {})}.items()
+                  if k not in ("method", "dataset", "ipc", "run", "notes", "teachers", "buffer", "teacher_model")}
+        if row.get("buffer"):
+            recipe = raw["buffers"][row["buffer"]]
+            cfg = method_class(row["method"]).resolve_config(values, row["dataset"], row["ipc"], Inputs())
+            assert (recipe["dataset"], recipe["model"], bool(recipe.get("zca"))) == (row["dataset"], cfg.model, cfg.zca), \
+                row["id"]
+        for name in row.get("teachers", []):
+            if name in raw["buffers"]:
+                assert raw["buffers"][name]["dataset"] == row["dataset"], row["id"]
+
+
 def test_dry_run_names_missing_dataset_directories_and_prints_the_commands(tmp_path, capsys):
     root = tmp_path / "data"
     code = main(["reproduce", str(TABLES / "mtt_table1.json"), "--dry-run", "--data-root", str(root),
