@@ -67,6 +67,16 @@ def parse_lr_list(text: str) -> list[float]:
     return values
 
 
+def parse_models(text: str) -> list[str]:
+    """--models 'a, b,c' -> ['a', 'b', 'c']."""
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def report_baselines(args) -> list[str]:
+    """The baseline rows a report gets: --baseline (repeatable), else none with --no-baselines, else random and full."""
+    return list(args.baseline or ([] if args.no_baselines else ["random", "full"]))
+
+
 def protocol_from_args(args, recorded: dict | None = None):
     """The protocol named on the command line (else the one a set records, else hard) with every option applied."""
     from dd.eval import Protocol, get_protocol
@@ -122,7 +132,7 @@ def _run(args, group) -> int:
     if lr_search and args.lr is not None:
         raise ValueError("--lr fixes the lr and --lr-search chooses it: give one (the full-data baseline's lr can be "
                          "set with --protocol-option lr=VALUE)")
-    archs = [a.strip() for a in args.models.split(",") if a.strip()]
+    archs = parse_models(args.models)
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
         raise ValueError("give a synthetic set file or --baseline random|full")
@@ -144,7 +154,7 @@ def _run(args, group) -> int:
         raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` directory)")
     if args.labels and protocol.labels != "teacher":
         raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
-    baselines = args.baseline or ([] if args.no_baselines else ["random", "full"])
+    baselines = report_baselines(args)
     if "random" in baselines and args.ipc is None and synset is None:
         raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,

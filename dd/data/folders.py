@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from dd.data.base import DatasetNotFoundError, ImageDataset, normalize_uint8
-from dd.data.registry import DATASETS
+from dd.data.registry import DATASETS, absent, expects_files
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -146,14 +146,29 @@ def _build(name, class_names, train, test, res, resize, workers, info) -> ImageD
 
 # ---------------------------------------------------------------- Tiny-ImageNet
 
+def _tiny_base(root) -> Path:
+    return Path(root if root is not None else ".").expanduser() / "tiny-imagenet-200"
+
+
+def _tiny_entries(base: Path) -> list[Path]:
+    """What the Tiny-ImageNet loader opens first: the class list, the train folder, the val images and labels."""
+    return [base / "wnids.txt", base / "train", base / "val" / "images", base / "val" / "val_annotations.txt"]
+
+
+@expects_files("tinyimagenet")
+def _tiny_missing(root) -> list[Path]:
+    base = _tiny_base(root)
+    return [base] if not base.is_dir() else absent(_tiny_entries(base))
+
+
 @DATASETS.register("tinyimagenet", help="Tiny-ImageNet-200 (64x64) from ROOT/tiny-imagenet-200; test split = val")
 def tinyimagenet(root=None, workers: int | None = None, **_) -> ImageDataset:
     """Tiny-ImageNet-200 in its distributed layout; labels follow the sorted wnids (ImageFolder's order, as in MTT)."""
-    base = Path(root if root is not None else ".").expanduser() / "tiny-imagenet-200"
+    base = _tiny_base(root)
     layout = (f"expected Tiny-ImageNet at {base}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
               "val/val_annotations.txt}; put the extracted tiny-imagenet-200.zip there or pass --data-root")
     wnids_file, ann_file = base / "wnids.txt", base / "val" / "val_annotations.txt"
-    for p in (wnids_file, base / "train", base / "val" / "images", ann_file):
+    for p in _tiny_entries(base):
         if not p.exists():
             raise DatasetNotFoundError(f"missing {p}; {layout}")
     wnids = sorted({line.strip() for line in wnids_file.read_text().splitlines() if line.strip()})
@@ -193,13 +208,31 @@ def tinyimagenet(root=None, workers: int | None = None, **_) -> ImageDataset:
 
 # ---------------------------------------------------------------- ImageNet ImageFolder tree and subsets
 
+def _tree_base(root) -> Path:
+    return Path(root if root is not None else ".").expanduser()
+
+
+def _tree_missing(root, wnids: Sequence[str] | None = None) -> list[Path]:
+    """train/ and val/ under root when absent, else the class folders of `wnids` absent from either (no file is read)."""
+    base = _tree_base(root)
+    splits = absent([base / "train", base / "val"])
+    if splits or wnids is None:
+        return splits
+    return absent([base / split / w for split in ("train", "val") for w in wnids])
+
+
+@expects_files("imagenet")
+def _imagenet_missing(root) -> list[Path]:
+    return _tree_missing(root)
+
+
 def imagefolder(name: str, root, wnids: Sequence[str] | None, names: Sequence[str] | None, res: int,
                 resize: str = "center", train_per_class: int | None = None, workers: int | None = None) -> ImageDataset:
     """ImageNet-style tree root/{train,val}/<wnid>/*.JPEG; `wnids` picks (and orders) classes, None = all sorted."""
     _check_resize(resize)
     if res < 1:
         raise ValueError(f"res must be positive, got {res}")
-    base = Path(root if root is not None else ".").expanduser()
+    base = _tree_base(root)
     layout = (f"expected an ImageFolder tree at {base}/{{train,val}}/<wnid>/*.JPEG (torchvision ImageNet's layout with "
               "val sorted into class folders); pass --data-root")
     for split in ("train", "val"):
@@ -246,6 +279,7 @@ def _register_subset(subset: str) -> None:
 
     load.__doc__ = f"MTT's {subset} (10 ImageNet classes) read from an ImageNet tree, 128x128 by default."
     DATASETS.add(subset, load, help=f"MTT's {subset}: 10 ImageNet classes from ROOT/{{train,val}}/<wnid>, 128x128")
+    expects_files(subset)(lambda root: _tree_missing(root, wnids))
 
 
 for _subset in SUBSETS:

@@ -81,15 +81,19 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None) -> Inputs:
-    """Opens (and hash-checks) every buffer and teacher a method is given; refuses counts it does not declare."""
+def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None,
+                verify: str = "open") -> Inputs:
+    """Opens (and hash-checks) every buffer and teacher a method is given; refuses counts it does not declare.
+
+    verify: how buffer shards are checked (dd.buffers.TrajectoryStore); 'lazy' reads none of them here, for callers
+    that only need the inputs' identity (their manifests' hashes)."""
     from dd.buffers import TrajectoryStore
     from dd.teachers import open_teachers
 
     buffers = [b for b in buffers if b]
     teachers = [t for t in teachers if t]
     check_input_counts(cls, len(buffers), len(teachers))
-    return Inputs([TrajectoryStore(b) for b in buffers], open_teachers(teachers, teacher_model))
+    return Inputs([TrajectoryStore(b, verify=verify) for b in buffers], open_teachers(teachers, teacher_model))
 
 
 def check_inputs(inputs: Inputs, dataset: str, cfg) -> None:
@@ -116,19 +120,46 @@ def method_class(name: str) -> type:
     return METHODS.get(name)
 
 
-def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
-            teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None):
-    """Resolves a run before touching data: (method class, resolved config, opened inputs, loaded dataset).
+def resolve(method: str, dataset: str, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
+            teachers: Sequence = (), teacher_model=None, verify: str = "open"):
+    """(method class, resolved config, opened inputs) of a run, without reading any data.
 
     Order: open and hash the inputs -> resolve the config (user > config file > preset > default, plus rules that
-    read the inputs) -> check the inputs against it -> load the data with the resolved ZCA setting.
+    read the inputs) -> check the inputs against it.
     """
     cls = method_class(method)
     check_ipc(ipc)
+    inputs = open_inputs(cls, buffers, teachers, teacher_model, verify=verify)
+    mcfg = cls.resolve_config(dict(config or {}), dataset, ipc, inputs)
+    check_inputs(inputs, dataset, mcfg)
+    return cls, mcfg, inputs
+
+
+def run_config(run: RunConfig | dict | None) -> RunConfig:
+    """The driver's options as a checked RunConfig (its eval_options typed as Protocol fields), before any work."""
+    run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
+    return replace(run, eval_options=coerce_fields(Protocol, run.eval_options))
+
+
+def run_identity(method: str, dataset: str, ipc: int, *, buffer: str | Path | None = None, buffers: Sequence = (),
+                 teachers: Sequence = (), teacher_model=None, config: dict | None = None,
+                 run: RunConfig | dict | None = None, seed: int = 0) -> dict:
+    """The identity a one-process `distill` with these arguments writes to OUT/config.json and its checkpoint
+    (what must match for a resume), computed without reading the data: `ddtk reproduce` compares it with an
+    existing output directory to decide between reusing, resuming and starting over."""
+    name = dataset.split(":")[0].lower()
+    cls, mcfg, inputs = resolve(method, name, ipc, config, buffers=[buffer, *buffers], teachers=teachers,
+                                teacher_model=teacher_model, verify="lazy")  # the identity holds manifest hashes only
+    return _identity(cls.name, name, ipc, seed, asdict(mcfg), run_config(run), inputs)
+
+
+def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
+            teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None):
+    """Resolves a run before touching data (see `resolve`), then loads the data with the resolved ZCA setting:
+    (method class, resolved config, opened inputs, loaded dataset)."""
     name = dataset.name.split(":")[0] if isinstance(dataset, ImageDataset) else dataset
-    inputs = open_inputs(cls, buffers, teachers, teacher_model)
-    mcfg = cls.resolve_config(dict(config or {}), name, ipc, inputs)
-    check_inputs(inputs, name, mcfg)
+    cls, mcfg, inputs = resolve(method, name, ipc, config, buffers=buffers, teachers=teachers,
+                                teacher_model=teacher_model)
     if isinstance(dataset, ImageDataset):
         if (dataset.zca is not None) != bool(mcfg.zca):
             raise ValueError(f"the resolved config has zca={bool(mcfg.zca)} but the given dataset is "
@@ -161,8 +192,7 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
     With `out`, the directory is locked for the whole run (dd.lock): a second writer is refused before it reads
     any data, and a lock left by a killed run is taken over, so rerunning resumes from its checkpoint.
     """
-    run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
-    run = replace(run, eval_options=coerce_fields(Protocol, run.eval_options))  # checked before any work starts
+    run = run_config(run)  # checked before any work starts
     group = ProcessGroup(resolve_device(device))
     try:
         with output_lock(out, group) if out is not None else contextlib.nullcontext():
@@ -199,6 +229,8 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
         start_it, best, best_set, history = _load_checkpoint(out_dir / ckpt, m, g, identity)
         logger.truncate(start_it)
         print(f"resuming {cls.name} from iteration {start_it} ({out_dir / ckpt})")
+    else:
+        logger.truncate(0)  # a run that starts over (--restart, or killed before its first checkpoint) logs afresh
 
     plan_val = m.evaluation() if validate else None
     last_ckpt = time.monotonic()
