@@ -176,7 +176,7 @@ images.pt  float32 tensor (N x IPC, C, H, W), ordered class by class with {ipc} 
 labels.pt  {labels}
 {lr}
 Load and score, e.g. with a hard-label evaluator:
-    images = torch.load("images.pt"); labels = torch.load("labels.pt")
+    images = torch.load("images.pt", weights_only=True); labels = torch.load("labels.pt", weights_only=True)
     evaluator.compute_metrics(image_tensor=images, {label_arg}=labels{lr_arg})
 Its evaluators report accuracies in percent and, in 0.2.0, feed them to a normalization meant for fractions;
 `ddtk eval SET --scores` computes HLR/IOR/LRS/ARS on fractions.
@@ -217,7 +217,7 @@ def export_ddranking(synset, out: Path) -> tuple[dict, list[str]]:
         mean=norm.get("mean"), std=norm.get("std"), labels=labels_text,
         lr=("lr.pt      float64 scalar: the set's learned lr; pass as syn_lr= (else DD-Ranking searches a grid)\n"
             if synset.lr is not None else ""),
-        label_arg=label_arg, lr_arg=", syn_lr=torch.load(\"lr.pt\")" if synset.lr is not None else "")
+        label_arg=label_arg, lr_arg=", syn_lr=torch.load(\"lr.pt\", weights_only=True)" if synset.lr is not None else "")
     files = _write_tensors(out, tensors)
     atomic_write_text(out / "README.txt", readme)
     notes = ["images sorted class by class (stable), as DD-Ranking's (N x IPC, C, H, W) input",
