@@ -10,7 +10,8 @@ def add_parser(sub, name):
 
     p = sub.add_parser(name, help="distil a dataset into IPC images per class with a method")
     p.add_argument("--method", default=None, help="method name (see `ddtk methods`; default dm)")
-    p.add_argument("--dataset", default=None, help="dataset name (default mnist10k)")
+    p.add_argument("--dataset", default=None, help="dataset: a registered name (default mnist10k), folder:PATH "
+                   "(an ImageFolder tree PATH/{train,val}/<class>/*) or package.module:callable")
     p.add_argument("--ipc", type=positive_int, default=None, help="images per class (default 10)")
     p.add_argument("--buffer", default=None, help="expert-trajectory buffer directory (trajectory matching)")
     add_teacher_options(p)
@@ -60,7 +61,15 @@ def check_set_keys(method: str, sets: dict) -> None:
                              f"{where}")
 
 
+def safe_name(dataset: str) -> str:
+    """A dataset name as one path component ('folder:/data/pets' -> 'folder__data_pets') for the default --out."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
+
+
 def run(args) -> int:
+    from dd.cli import data_options
     from dd.methods import distill
     from dd.utils import parse_assignments
 
@@ -92,9 +101,9 @@ def run(args) -> int:
     if args.no_full_baseline:
         run_cfg["baselines"] = ("random",)
     run_cfg["wandb"] = args.wandb or run_cfg.get("wandb", False)
-    out = args.out or f"runs/{args.method}_{args.dataset}_ipc{args.ipc}_seed{args.seed}"
+    out = args.out or f"runs/{args.method}_{safe_name(args.dataset)}_ipc{args.ipc}_seed{args.seed}"
     res = distill(args.method, args.dataset, args.ipc, out=out, buffer=args.buffer, teachers=args.teachers or (),
                   teacher_model=args.teacher_model, config=cfg, run=run_cfg, device=args.device, seed=args.seed,
-                  data_root=args.data_root, resume=not args.restart)
+                  data_root=args.data_root, resume=not args.restart, data_options=data_options(args))
     print(f"wrote {Path(out) / 'synset.safetensors'}, {Path(out) / 'synset.png'} and {Path(out) / 'eval.md'}")
     return 0
