@@ -82,7 +82,7 @@ def train_expert(cfg: BufferConfig, ds: ImageDataset, k: int, device, progress: 
         for ep in bar:
             perm = torch.randperm(n, generator=g).to(dev)
             loss = None
-            for idx, x_raw in images.batches(bs, order=perm):
+            for idx, x_raw in images.batches(bs, order=perm, reuse=True):  # a step is done with its batch
                 y = labels[idx]
                 x = dsa(x_raw, generator=g) if dsa is not None else x_raw
                 loss = expert_step(model, params, x, y, x_raw, cfg, ep, momentum_bufs)

@@ -33,7 +33,7 @@ def accuracy(model: nn.Module, images, labels: torch.Tensor, batch_size: int = 1
     """Top-1 accuracy of `model` (in eval mode) on images, a tensor or an ImageSource (e.g. `dataset.test`).
 
     A source is read batch by batch onto labels' device (a file-backed one decoded by DataLoader workers, in batches
-    of at most 256); images of a dataset that skips unreadable files count only when they were read.
+    of at most 128); images of a dataset that skips unreadable files count only when they were read.
     """
     from dd.data.sources import ImageSource, eval_batch_size
 
@@ -41,7 +41,7 @@ def accuracy(model: nn.Module, images, labels: torch.Tensor, batch_size: int = 1
     model.eval()
     correct = total = 0
     if isinstance(images, ImageSource):
-        for idx, x in images.batches(eval_batch_size(images, batch_size), device=labels.device):
+        for idx, x in images.batches(eval_batch_size(images, batch_size), device=labels.device, reuse=True):
             out = model(x)
             correct += (out.argmax(1) == labels[idx.to(labels.device)]).sum().item()
             total += len(idx)
@@ -59,7 +59,7 @@ def index_batches(images, order: torch.Tensor, batch_size: int):
     from dd.data.sources import ImageSource
 
     if isinstance(images, ImageSource):
-        yield from images.batches(batch_size, order=order)
+        yield from images.batches(batch_size, order=order, reuse=True)  # each batch is done with before the next
         return
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
@@ -74,7 +74,7 @@ def enumerate_views(images, views):
         for b in range(views.num_batches):
             yield b, apply_views(images, views, b)
         return
-    for b, (idx, x) in enumerate(images.batches(views.batch_size, order=views.order)):
+    for b, (idx, x) in enumerate(images.batches(views.batch_size, order=views.order, reuse=True)):
         pos = views.positions(b)
         keep = None if len(idx) == pos.stop - pos.start else torch.isin(views.order[pos], idx.cpu())
         yield b, views_of(x, views, b, keep)
