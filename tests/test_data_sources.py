@@ -346,7 +346,7 @@ def test_unreadable_files_file_backed_are_reported_from_workers_by_path_and_clas
         assert main(args + ["--skip-bad-images"]) == 0
 
 
-def test_skipping_unreadable_files_file_backed(bad_tree):
+def test_skipping_unreadable_files_file_backed(tmp_path, bad_tree):
     ds = load_dataset(f"folder:{bad_tree}", res=16, skip_bad_images=True, **FILES)
     m = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
     with pytest.warns(UserWarning, match=r"val/cat/img_1\.jpg"):
@@ -364,8 +364,15 @@ def test_skipping_unreadable_files_file_backed(bad_tree):
     with pytest.raises(ValueError, match="class 1 has fewer than 6 readable training images"):
         real.sample(1, TRAIN_PER_CLASS, g)
     assert str(bad_tree / "train" / "bee" / "img_5.jpg") in ds.train.bad
-    rows = [x for _, x in ds.train.batches(7)]
+    rows = [x.clone() for _, x in ds.train.batches(7)]
     assert sum(len(x) for x in rows) == 3 * TRAIN_PER_CLASS - 1
+    # training passes go on without the file: crop views (mixing partners included) and a buffer epoch
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3)).eval()
+    p = get_protocol("teacher", epochs=1, batch_size=4, mix="cutmix")
+    assert len(evaluate_full(ds, "mlp", p, runs=1, device="cpu", teacher=teacher, progress=False).accs) == 1
+    cfg = BufferConfig(dataset=f"folder:{bad_tree}", model="mlp", experts=1, epochs=1, batch_size=5, dsa=False)
+    record_buffer(cfg, tmp_path / "buf", device="cpu", dataset=ds, progress=False, log=lambda s: None)
+    assert TrajectoryStore(tmp_path / "buf").num_experts == 1
 
 
 def test_image_sources_pickle_for_worker_processes(tree):

@@ -98,7 +98,8 @@ class ImageSource:
         """(positions, images) per batch of `batch_size`, in `order` (default: 0..N-1).
 
         Positions come back on `order`'s device (CPU without an order), images on `device` (default self.device).
-        reuse=True lets a source write every batch into one buffer, so a batch is valid only until the next one is
+        A file-backed source that skips unreadable files yields the positions it read (a batch may be smaller, and one
+        that read nothing is left out). reuse=True lets a source write every batch into one buffer, so a batch is valid only until the next one is
         asked for: for loops that are done with a batch when they take the next (a test pass, a training epoch).
         """
         if batch_size < 1:
@@ -455,7 +456,8 @@ class FileImages(ImageSource):
         if self.workers <= 0:
             for i in range(0, len(order_np), batch_size):
                 kept, pixels = self.decode(order_np[i:i + batch_size], threads=1)
-                yield torch.as_tensor(kept, dtype=torch.long).to(out_dev), self._normalize(pixels, device, buffer)
+                if len(kept):  # a batch of unreadable files only (skipped) is no batch
+                    yield torch.as_tensor(kept, dtype=torch.long).to(out_dev), self._normalize(pixels, device, buffer)
             return
         loader = torch.utils.data.DataLoader(
             _DecodeDataset(self.root, self.rel, self.res, self.resize), batch_sampler=_Chunks(order_np, batch_size),
@@ -464,7 +466,8 @@ class FileImages(ImageSource):
         for pos, pixels, failures in loader:
             self._failed(failures)
             self._count(len(pos))
-            yield pos.to(out_dev), self._normalize(pixels, device, buffer)
+            if len(pos):
+                yield pos.to(out_dev), self._normalize(pixels, device, buffer)
 
     @property
     def nbytes(self) -> int:

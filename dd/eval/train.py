@@ -74,7 +74,10 @@ def enumerate_views(images, views):
         for b in range(views.num_batches):
             yield b, apply_views(images, views, b)
         return
-    for b, (idx, x) in enumerate(images.batches(views.batch_size, order=views.order, reuse=True)):
+    where = torch.empty(len(views.order), dtype=torch.long)
+    where[views.order] = torch.arange(len(views.order))  # image -> its position in the epoch
+    for idx, x in images.batches(views.batch_size, order=views.order, reuse=True):
+        b = int(where[idx[0].cpu()]) // views.batch_size  # a batch left out entirely (unreadable files) is skipped
         pos = views.positions(b)
         keep = None if len(idx) == pos.stop - pos.start else torch.isin(views.order[pos], idx.cpu())
         yield b, views_of(x, views, b, keep)
