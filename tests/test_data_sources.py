@@ -138,6 +138,23 @@ def test_folder_tree_in_memory_and_file_backed_read_the_same_images(tree, mem):
     assert torch.equal(fb.train.batch(torch.tensor([TRAIN_PER_CLASS]))[0], expected)
 
 
+def test_batches_are_assembled_from_decoded_chunks(tree, mem, bad_tree, monkeypatch):
+    from dd.data import sources
+
+    monkeypatch.setattr(sources, "DECODE_CHUNK", 2)  # workers decode 2 images at a time; batches of 5 from 3 chunks
+    fb = files(tree)
+    order = torch.randperm(len(fb.train), generator=torch.Generator().manual_seed(1))
+    for reuse in (False, True):
+        got = [(idx.clone(), x.clone()) for idx, x in fb.train.batches(5, order=order, reuse=reuse)]
+        assert [len(i) for i, _ in got] == [5, 5, 5, 3]
+        assert torch.equal(torch.cat([i for i, _ in got]), order)
+        assert torch.equal(torch.cat([x for _, x in got]), mem.train_images[order])
+    skip = load_dataset(f"folder:{bad_tree}", res=16, skip_bad_images=True, **FILES)
+    with pytest.warns(UserWarning, match=r"train/bee/img_5\.jpg"):
+        sizes = [len(idx) for idx, _ in skip.train.batches(5)]
+    assert sizes == [5, 5, 4, 3]  # bee img_5 is position 6 + 5 = 11, in the third batch (positions 10..14)
+
+
 def test_folder_errors_name_the_expected_path(tmp_path, tree):
     with pytest.raises(DatasetNotFoundError, match=rf"missing directory {tmp_path / 'nowhere'} for dataset"):
         load_dataset(f"folder:{tmp_path / 'nowhere'}")

@@ -38,6 +38,7 @@ from dd.data.errors import BadImageError
 # images decoded from files in this process (batches from DataLoader workers included), for benchmarks and tests
 DECODE_TOTALS: Counter = Counter()
 
+DECODE_CHUNK = 64  # images a DataLoader worker decodes at a time; batches are assembled from chunks
 EVAL_BATCH_CAP = 128  # file-backed test passes decode at most this many images per batch: less memory and a
 # shorter wait for the first batch; accuracy in eval mode does not depend on it
 SKIP_HINT = "fix or delete the file, or load the dataset with --skip-bad-images (skip_bad_images=True) to leave it out"
@@ -99,8 +100,9 @@ class ImageSource:
 
         Positions come back on `order`'s device (CPU without an order), images on `device` (default self.device).
         A file-backed source that skips unreadable files yields the positions it read (a batch may be smaller, and one
-        that read nothing is left out). reuse=True lets a source write every batch into one buffer, so a batch is valid only until the next one is
-        asked for: for loops that are done with a batch when they take the next (a test pass, a training epoch).
+        that read nothing is left out). reuse=True lets a source write every batch into one buffer, so a batch is
+        valid only until the next one is asked for: for loops that are done with a batch when they take the next (a
+        test pass, a training epoch).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -286,10 +288,11 @@ class _DecodeDataset(torch.utils.data.Dataset):
 
 
 def _collate(items, res: int):
-    """A worker's batch: (positions decoded, uint8 (n, 3, res, res), [(position, error)] of the failures)."""
+    """A worker's chunk: (positions decoded, uint8 (n, 3, res, res), [(position, error)] of the failures, positions
+    asked for)."""
     ok = [(i, a) for i, a, e in items if e is None]
     pos = torch.tensor([i for i, _ in ok], dtype=torch.long)
-    return pos, _stack_chw([a for _, a in ok], res), [(i, e) for i, _, e in items if e is not None]
+    return pos, _stack_chw([a for _, a in ok], res), [(i, e) for i, _, e in items if e is not None], len(items)
 
 
 def _worker_init(_: int) -> None:
@@ -297,17 +300,21 @@ def _worker_init(_: int) -> None:
 
 
 class _Chunks(torch.utils.data.Sampler):
-    """The batch sampler of one pass: consecutive chunks of `order` (a numpy array), produced lazily."""
+    """The batch sampler of one pass: each batch of `order` (a numpy array) as chunks of at most `chunk` positions
+    (a chunk never spans two batches), produced lazily."""
 
-    def __init__(self, order: np.ndarray, batch_size: int):
-        self.order, self.batch_size = order, batch_size
+    def __init__(self, order: np.ndarray, batch_size: int, chunk: int):
+        self.order, self.batch_size, self.chunk = order, batch_size, chunk
 
     def __len__(self) -> int:
-        return math.ceil(len(self.order) / self.batch_size)
+        full, last = divmod(len(self.order), self.batch_size)
+        return full * math.ceil(self.batch_size / self.chunk) + math.ceil(last / self.chunk)
 
     def __iter__(self):
         for i in range(0, len(self.order), self.batch_size):
-            yield self.order[i:i + self.batch_size].tolist()
+            batch = self.order[i:i + self.batch_size]
+            for j in range(0, len(batch), self.chunk):
+                yield batch[j:j + self.chunk].tolist()
 
 
 class _Buffer:
@@ -433,9 +440,15 @@ class FileImages(ImageSource):
         self.stats["decoded"] += n
         DECODE_TOTALS["decoded"] += n
 
-    def _normalize(self, pixels: torch.Tensor, device, buffer: Optional["_Buffer"] = None) -> torch.Tensor:
+    def _stats(self, device) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
+        """(device, mean, std) for images going to `device` (None: this source's)."""
         device = self.device if device is None else torch.device(device)
-        m, s = (self._m, self._s) if device == self.device else (stats_tensor(self.mean, device), stats_tensor(self.std, device))
+        if device == self.device:
+            return device, self._m, self._s
+        return device, stats_tensor(self.mean, device), stats_tensor(self.std, device)
+
+    def _normalize(self, pixels: torch.Tensor, device, buffer: Optional["_Buffer"] = None) -> torch.Tensor:
+        device, m, s = self._stats(device)
         return normalize_pixels(pixels.to(device), m, s, buffer.take(len(pixels)) if buffer is not None else None)
 
     def fetch(self, indices):
@@ -446,8 +459,9 @@ class FileImages(ImageSource):
         return pos, self._normalize(pixels, None)
 
     def batches(self, batch_size, order=None, device=None, reuse: bool = False):
-        """A pass decoded by `workers` DataLoader processes (uint8 travels between processes; this one normalizes,
-        into one reused buffer with reuse=True)."""
+        """A pass decoded by `workers` DataLoader processes in chunks of DECODE_CHUNK images (uint8 travels between
+        processes); this one normalizes each chunk into its place in the batch (one reused buffer with reuse=True),
+        so the first images arrive sooner and decoding overlaps the consumer's work at a finer grain."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         out_dev = order.device if order is not None else torch.device("cpu")
@@ -459,15 +473,26 @@ class FileImages(ImageSource):
                 if len(kept):  # a batch of unreadable files only (skipped) is no batch
                     yield torch.as_tensor(kept, dtype=torch.long).to(out_dev), self._normalize(pixels, device, buffer)
             return
+        chunk = min(batch_size, DECODE_CHUNK)
         loader = torch.utils.data.DataLoader(
-            _DecodeDataset(self.root, self.rel, self.res, self.resize), batch_sampler=_Chunks(order_np, batch_size),
-            num_workers=self.workers, collate_fn=partial(_collate, res=self.res), worker_init_fn=_worker_init,
-            pin_memory=False)
-        for pos, pixels, failures in loader:
-            self._failed(failures)
-            self._count(len(pos))
-            if len(pos):
-                yield pos.to(out_dev), self._normalize(pixels, device, buffer)
+            _DecodeDataset(self.root, self.rel, self.res, self.resize),
+            batch_sampler=_Chunks(order_np, batch_size, chunk), num_workers=self.workers,
+            collate_fn=partial(_collate, res=self.res), worker_init_fn=_worker_init, pin_memory=False)
+        chunks = iter(loader)
+        dev, m, s = self._stats(device)
+        for i in range(0, len(order_np), batch_size):
+            want = min(batch_size, len(order_np) - i)
+            out = buffer.take(want) if buffer is not None else torch.empty((want, 3, self.res, self.res), device=dev)
+            kept, filled, asked = [], 0, 0
+            while asked < want:  # the batch's chunks, in order
+                pos, pixels, failures, n = next(chunks)
+                self._failed(failures)
+                self._count(len(pos))
+                normalize_pixels(pixels.to(dev), m, s, out[filled:filled + len(pos)])
+                kept.append(pos)
+                filled, asked = filled + len(pos), asked + n
+            if filled:  # a batch of unreadable files only (skipped) is no batch
+                yield torch.cat(kept).to(out_dev), out[:filled]
 
     @property
     def nbytes(self) -> int:
