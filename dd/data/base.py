@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from dd.data.errors import BadImageError, DatasetNotFoundError  # noqa: F401  (re-exported)
-from dd.data.sources import ImageSource, TensorImages, Uint8Images, as_source
+from dd.data.sources import Uint8Images, as_source
 
 
 class ImageDataset:

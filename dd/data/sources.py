@@ -27,7 +27,6 @@ import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
