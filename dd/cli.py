@@ -20,6 +20,7 @@ COMMANDS = {
     "relabel": "dd.commands.relabel",
     "plot": "dd.commands.plot",
     "export": "dd.commands.export",
+    "reproduce": "dd.commands.reproduce",
 }
 
 
@@ -31,6 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = mod.add_parser(sub, name)
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand alone (its options without the `ddtk NAME` prefix); `ddtk reproduce` parses the
+    commands it runs with it, so they mean exactly what they mean typed at a shell."""
+    if name not in COMMANDS:
+        raise KeyError(f"unknown command '{name}'; known: {', '.join(COMMANDS)}")
+    sub = argparse.ArgumentParser(prog="ddtk").add_subparsers(dest="command")
+    mod = importlib.import_module(COMMANDS[name])
+    p = mod.add_parser(sub, name)
+    p.set_defaults(_run=mod.run, command=name)
+    return p
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

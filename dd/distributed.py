@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from typing import Mapping, Sequence
 
 import torch
 
@@ -58,7 +59,51 @@ class ProcessGroup:
         self.dist.all_reduce(comm)
         return comm.to(t.device)
 
+    def share(self, n: int, mine: Mapping[int, Sequence[float]], width: int) -> torch.Tensor:
+        """The (n, width) float64 table of jobs 0..n-1, each rank having filled the rows in `mine` (its jobs), on
+        every rank.
+
+        Gathered with `sum` over zeros elsewhere, which is exact (x + 0 == x; a NaN a job reports stays NaN); a count
+        column checks that every job was filled by exactly one rank, so a dealing bug is an error, not a wrong table.
+        """
+        table = torch.zeros(n, width + 1, dtype=torch.float64)
+        for i, values in mine.items():
+            if len(values) != width:
+                raise ValueError(f"job {i} reported {len(values)} values, the table has {width} per job")
+            table[i, :width] = torch.tensor([float(v) for v in values], dtype=torch.float64)
+            table[i, width] = 1.0
+        table = self.sum(table)
+        counts = table[:, width]
+        wrong = [i for i in range(n) if counts[i] != 1]
+        if wrong:
+            raise RuntimeError(f"jobs {wrong[:10]} were filled by {[int(counts[i]) for i in wrong[:10]]} ranks; every "
+                               f"job must be filled by exactly one of the {self.world}")
+        return table[:, :width]
+
     def close(self) -> None:
         if self.owned:
             self.dist.destroy_process_group()
             self.owned = False
+
+
+def deal(costs: Sequence[float], world: int) -> list[list[int]]:
+    """Jobs 0..len(costs)-1 dealt to `world` ranks by estimated cost: each job, costliest first (ties: lower index
+    first), goes to the rank with the least cost so far (ties: fewer jobs, then lower rank), so ranks finish close
+    together.
+
+    The result depends only on (costs, world) and every rank computes it alike, with no communication; each rank's
+    list is in job order, and every job is in exactly one list. Equal costs give round-robin.
+    """
+    if world < 1:
+        raise ValueError(f"cannot deal jobs to {world} ranks")
+    bad = [i for i, c in enumerate(costs) if not (c >= 0 and c != float("inf"))]
+    if bad:
+        raise ValueError(f"job costs must be finite and non-negative; jobs {bad[:10]} are "
+                         f"{[costs[i] for i in bad[:10]]}")
+    load = [0.0] * world
+    hands: list[list[int]] = [[] for _ in range(world)]
+    for i in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        rank = min(range(world), key=lambda r: (load[r], len(hands[r]), r))
+        hands[rank].append(i)
+        load[rank] += costs[i]
+    return [sorted(h) for h in hands]

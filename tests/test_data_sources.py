@@ -179,6 +179,30 @@ def test_folder_errors_name_the_expected_path(tmp_path, tree):
         load_dataset("cifar10", root=str(tmp_path), file_backed_above_mib=0)
 
 
+def test_missing_files_of_a_folder_tree_without_reading_it(tmp_path, tree):
+    from dd.data import missing_files
+
+    assert missing_files(f"folder:{tree}") == []
+    assert missing_files(f"folder:{tmp_path / 'none'}") == [str(tmp_path / "none")]
+    (tmp_path / "half" / "train").mkdir(parents=True)
+    assert missing_files(f"folder:{tmp_path / 'half'}") == [str(tmp_path / "half" / "val")]
+    assert missing_files("folder:half", root=str(tmp_path)) == [str(tmp_path / "half" / "val")]
+
+
+def test_run_identity_of_a_folder_tree_is_what_distill_records(tmp_path, tree):
+    import json
+
+    from dd.methods.driver import run_identity
+
+    kw = dict(config={"batch_real": 4}, run=RUN, seed=0)
+    distill("dm", f"folder:{tree}", 1, out=tmp_path / "o", device="cpu", data_options={"res": 16}, **kw)
+    recorded = json.loads((tmp_path / "o" / "config.json").read_text())
+    assert recorded["dataset"] == f"folder:{tree}" and recorded["image_size"] == [16, 16]
+    assert run_identity("dm", f"folder:{tree}", 1, data_options={"res": 16}, **kw) == recorded
+    assert run_identity("dm", f"folder:{tree}", 1, **kw)["image_size"] == [64, 64]  # the folder default, unread
+    assert "image_size" not in run_identity("dm", "digits", 1, **kw)
+
+
 USER_MODULE = '''
 import numpy as np
 from dd.data import ImageDataset

@@ -14,18 +14,9 @@ from dd.synset import SyntheticSet
 from dd.utils import sha256_file
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the machine is shared and small trainings only slow down with more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def digits_set(digits, ipc=2, lr=None, seed=0):

@@ -65,9 +65,6 @@ def test_ipc_must_be_positive():
 
 # ---- teacher specs ----------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def _net(digits):

@@ -7,25 +7,15 @@ import torch
 
 import dd.eval.harness as H
 from dd.cli import main
-from dd.data import load_dataset
 from dd.data.base import stratified_split
 from dd.eval import Protocol, accuracy, build_report, evaluate, evaluate_random, search_lr, train_model
 from dd.models import build_model
 from dd.synset import SyntheticSet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread for these small trainings (a shared 2-core machine); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def tiny(epochs, **kw):

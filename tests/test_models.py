@@ -51,8 +51,8 @@ def test_forward_features_and_input_gradient(name, shape):
         # forward is exactly classifier(features): the embedding DM matches is the one the classifier reads
         with torch.no_grad():
             torch.testing.assert_close(model(x), out.detach())
-            maps = model.block_outputs(x) if name != "mlp" else [x]
-        assert len(maps) >= 2 or name in ("convnet-d1", "mlp")
+            maps = model.block_outputs(x) if not name.startswith("mlp") else [x]
+        assert len(maps) >= 2 or name in ("convnet-d1", "mlp", "mlp-bn")
         assert all(m.ndim == 4 and m.shape[0] == 2 for m in maps)
 
 

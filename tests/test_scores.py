@@ -16,18 +16,9 @@ from dd.eval.scores import (add_scores, ars, evaluate_scores, hlr, ior, lrs, mea
 from dd.synset import SyntheticSet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the machine is shared and small trainings only slow down with more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def by_hand(x):

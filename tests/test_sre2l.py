@@ -9,7 +9,6 @@ from torch import nn
 
 from dd.buffers import record_buffer
 from dd.buffers.config import BufferConfig
-from dd.data import load_dataset
 from dd.eval import evaluate, get_protocol
 from dd.eval.labels import StoredLabels, relabel
 from dd.eval.views import apply_views, draw_views, epoch_generator
@@ -18,9 +17,6 @@ from dd.methods.recover import bn_distance, crop_scale_min, forward_with_bn_loss
 from dd.synset import SyntheticSet
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")

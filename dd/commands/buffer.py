@@ -38,18 +38,26 @@ def add_parser(sub, name):
     return p
 
 
+def buffer_config(args):
+    """The BufferConfig that parsed `ddtk buffer` options record: the --expert-kind preset with every given option
+    applied (`ddtk reproduce` compares it with an existing buffer's manifest before deciding to record)."""
+    from dd.buffers import preset
+
+    return preset(args.expert_kind, dataset=args.dataset, model=args.model, model_options=parse_options(args.model_options),
+                  experts=args.experts, epochs=args.epochs, lr=args.lr, batch_size=args.batch, momentum=args.momentum,
+                  weight_decay=args.weight_decay,
+                  lr_decay_epoch=args.lr_decay_epoch, lr_decay=args.lr_decay, dsa=args.dsa, zca=args.zca,
+                  rho=args.rho, alpha=args.alpha, gp_lambda=args.gp_lambda, clip_epochs=args.clip_epochs,
+                  seed=args.seed, storage_dtype=args.dtype)
+
+
 def run(args) -> int:
-    from dd.buffers import TrajectoryStore, preset, record_buffer
+    from dd.buffers import TrajectoryStore, record_buffer
     from dd.cli import data_options
 
     if not args.out:
         raise ValueError("ddtk buffer needs --out DIR (the buffer directory)")
-    cfg = preset(args.expert_kind, dataset=args.dataset, model=args.model, model_options=parse_options(args.model_options),
-                 experts=args.experts, epochs=args.epochs, lr=args.lr, batch_size=args.batch, momentum=args.momentum,
-                 weight_decay=args.weight_decay,
-                 lr_decay_epoch=args.lr_decay_epoch, lr_decay=args.lr_decay, dsa=args.dsa, zca=args.zca,
-                 rho=args.rho, alpha=args.alpha, gp_lambda=args.gp_lambda, clip_epochs=args.clip_epochs,
-                 seed=args.seed, storage_dtype=args.dtype)
+    cfg = buffer_config(args)
     import os
 
     rank = int(os.environ.get("RANK", "0"))

@@ -1,6 +1,7 @@
 """`ddtk distill`: run any registered method (checkpointed, resumable) and evaluate the result."""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -68,15 +69,18 @@ def safe_name(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
 
 
-def run(args) -> int:
+def distill_arguments(args, config_data: dict | None = None) -> dict:
+    """The keyword arguments of `dd.methods.distill` that parsed `ddtk distill` options mean: command line >
+    --config file > defaults. `config_data` stands in for the --config file's content when the caller already holds
+    it (`ddtk reproduce` checks a run against its artifacts before it writes the file). `args` is not modified."""
     from dd.cli import data_options
-    from dd.methods import distill
     from dd.utils import parse_assignments
 
+    args = argparse.Namespace(**vars(args))
     cfg: dict = {}
     run_cfg: dict = {}
     if args.config:
-        loaded = json.loads(Path(args.config).read_text())
+        loaded = dict(config_data) if config_data is not None else json.loads(Path(args.config).read_text())
         run_cfg.update(loaded.pop("run", {}))
         loaded.pop("notes", None)  # the config's sources and commands, for people
         for k in ("method", "dataset", "ipc", "buffer", "teachers", "teacher_model"):  # the command line wins over the file
@@ -102,8 +106,18 @@ def run(args) -> int:
         run_cfg["baselines"] = ("random",)
     run_cfg["wandb"] = args.wandb or run_cfg.get("wandb", False)
     out = args.out or f"runs/{args.method}_{safe_name(args.dataset)}_ipc{args.ipc}_seed{args.seed}"
-    res = distill(args.method, args.dataset, args.ipc, out=out, buffer=args.buffer, teachers=args.teachers or (),
-                  teacher_model=args.teacher_model, config=cfg, run=run_cfg, device=args.device, seed=args.seed,
-                  data_root=args.data_root, resume=not args.restart, data_options=data_options(args))
-    print(f"wrote {Path(out) / 'synset.safetensors'}, {Path(out) / 'synset.png'} and {Path(out) / 'eval.md'}")
+    return dict(method=args.method, dataset=args.dataset, ipc=args.ipc, out=out, buffer=args.buffer,
+                teachers=args.teachers or (), teacher_model=args.teacher_model, config=cfg, run=run_cfg,
+                device=args.device, seed=args.seed, data_root=args.data_root, resume=not args.restart,
+                data_options=data_options(args))
+
+
+def run(args) -> int:
+    from dd.methods import distill
+
+    kwargs = distill_arguments(args)
+    res = distill(**kwargs)
+    out = Path(kwargs["out"])
+    report = f" and {out / 'eval.md'}" if res.report is not None else " (no report: eval_runs is 0)"
+    print(f"wrote {out / 'synset.safetensors'}, {out / 'synset.png'}{report}")
     return 0

@@ -68,6 +68,16 @@ def parse_lr_list(text: str) -> list[float]:
     return values
 
 
+def parse_models(text: str) -> list[str]:
+    """--models 'a, b,c' -> ['a', 'b', 'c']."""
+    return [a.strip() for a in text.split(",") if a.strip()]
+
+
+def report_baselines(args) -> list[str]:
+    """The baseline rows a report gets: --baseline (repeatable), else none with --no-baselines, else random and full."""
+    return list(args.baseline or ([] if args.no_baselines else ["random", "full"]))
+
+
 def protocol_from_args(args, recorded: dict | None = None):
     """The protocol named on the command line (else the one a set records, else hard) with every option applied."""
     from dd.eval import Protocol, get_protocol
@@ -100,19 +110,32 @@ def teacher_for(args, synset, dataset, device):
 
 
 def run(args) -> int:
+    """`ddtk eval`, in one process or under torchrun: the runs are spread over the ranks (see `build_report`), rank 0
+    prints and writes the report and the other ranks end quietly."""
+    from dd.distributed import ProcessGroup
+    from dd.utils import resolve_device
+
+    group = ProcessGroup(resolve_device(args.device))
+    try:
+        return _run(args, group)
+    finally:
+        group.close()
+
+
+def _run(args, group) -> int:
     from dd.cli import data_options
     from dd.data import DEFAULT_DATASET, load_dataset
     from dd.eval import build_report
     from dd.eval.harness import options_for_set
     from dd.synset import SyntheticSet
-    from dd.utils import resolve_device, seed_everything
+    from dd.utils import seed_everything
 
     seed_everything(args.seed)
     lr_search = parse_lr_list(args.lr_search) if args.lr_search is not None else None
     if lr_search and args.lr is not None:
         raise ValueError("--lr fixes the lr and --lr-search chooses it: give one (the full-data baseline's lr can be "
                          "set with --protocol-option lr=VALUE)")
-    archs = [a.strip() for a in args.models.split(",") if a.strip()]
+    archs = parse_models(args.models)
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
         raise ValueError("give a synthetic set file or --baseline random|full")
@@ -130,21 +153,27 @@ def run(args) -> int:
     options = data_options(args)
     dataset = load_dataset(name, root=args.data_root, zca=zca,
                            **(options_for_set(name, synset.meta, options) if synset is not None else options))
-    device = resolve_device(args.device)
+    device = group.local_device()
     teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
     if protocol.labels == "teacher" and teacher is None:
         raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` directory)")
     if args.labels and protocol.labels != "teacher":
         raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
-    baselines = args.baseline or ([] if args.no_baselines else ["random", "full"])
+    baselines = report_baselines(args)
     if "random" in baselines and args.ipc is None and synset is None:
         raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
                           full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
-                          device=device, seed=args.seed, teacher=teacher, labels=args.labels, lr_search=lr_search)
+                          device=device, seed=args.seed, teacher=teacher, labels=args.labels, lr_search=lr_search,
+                          group=group, progress=group.is_main)
+    if not group.is_main:
+        return 0
     if args.scores:
         from dd.eval.scores import add_scores
 
+        if group.world > 1:
+            print(f"--scores: the report's runs were spread over {group.world} processes; the scores' further "
+                  "evaluations run in this one (rank 0)")
         report = add_scores(report, synset, archs, protocol, args.runs, w=args.lrs_weight, gamma=args.ars_weight,
                             dataset=dataset, ipc=args.ipc, full_epochs=args.full_epochs or args.epochs or 30,
                             full_runs=args.runs if args.baseline else 1, device=device, seed=args.seed,

@@ -13,12 +13,12 @@ from typing import Callable
 
 from dd.data.base import (BadImageError, DatasetNotFoundError, ImageDataset, RealImages, base_name,
                           stratified_split)
-from dd.data.registry import DATASETS
+from dd.data.registry import DATASETS, FILES
 from dd.data.sources import FileImages, ImageSource, TensorImages, Uint8Images
 from dd.data import embedded as _embedded  # noqa: F401  (registers mnist10k, digits)
 from dd.data import folders as _folders  # noqa: F401  (tinyimagenet, imagenet and MTT's subsets)
 from dd.data import torchvision_formats as _tv  # noqa: F401  (mnist, fashion-mnist, svhn, cifar10, cifar100)
-from dd.data.folders import FOLDER_PREFIX, folder_dataset
+from dd.data.folders import FOLDER_PREFIX, folder_dataset, folder_missing
 
 DEFAULT_DATASET = "mnist10k"
 
@@ -78,12 +78,24 @@ def _declares(fn: Callable, key: str) -> bool:
 
 
 def takes_option(name: str, key: str) -> bool:
-    """Does dataset `name` take the data option `key` (e.g. 'res')? Used to pass a set's resolution back."""
+    """Does dataset `name`'s loader name the data option `key` as a parameter (e.g. 'res')? Used to pass a set's
+    resolution back and to know which datasets are read at a chosen resolution."""
     try:
         fn = dataset_loader(name)
     except KeyError:
         return False
-    return _declares(fn, key) if (":" not in name or name.startswith(FOLDER_PREFIX)) else _accepts(fn, key)
+    return _declares(fn, key)
+
+
+def resolution(name: str, options: dict | None = None) -> int | None:
+    """The side dataset `name` is read at when its loader takes `res`: options['res'], else the loader's default;
+    None for datasets of a fixed size. Known without reading any data (a run's identity records it)."""
+    if not takes_option(name, "res"):
+        return None
+    if options and options.get("res") is not None:
+        return int(options["res"])
+    default = inspect.signature(dataset_loader(name)).parameters["res"].default
+    return int(default) if isinstance(default, int) and not isinstance(default, bool) else None
 
 
 def load_dataset(name: str = DEFAULT_DATASET, root: str | None = None, zca: bool = False, **kwargs) -> ImageDataset:
@@ -117,6 +129,28 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | None = None, zca: bool
     return ds
 
 
+def missing_files(name: str, root: str | None = None) -> list[str]:
+    """What dataset `name` would read from `root` and is absent, without loading it ([] when nothing is missing).
+
+    Built-in loaders list the expected paths (a whole directory when it is absent); `folder:PATH` lists the tree's
+    absent train/val directories; a dataset registered without such a check, or a `package.module:callable`, is
+    loaded once and a DatasetNotFoundError becomes its one entry. Unknown names raise KeyError.
+    """
+    from pathlib import Path
+
+    if name.startswith(FOLDER_PREFIX):
+        return [str(p) for p in folder_missing(name, root)]
+    dataset_loader(name)  # KeyError naming the known datasets (or the user module that cannot be imported)
+    check = FILES.get(name.lower())
+    if check is not None:
+        return [str(p) for p in check(Path(root if root is not None else ".").expanduser())]
+    try:
+        load_dataset(name, root=root)
+    except DatasetNotFoundError as e:
+        return [str(e)]
+    return []
+
+
 __all__ = ["DATASETS", "DATA_OPTIONS", "DEFAULT_DATASET", "BadImageError", "DatasetNotFoundError", "FileImages",
            "ImageDataset", "ImageSource", "RealImages", "TensorImages", "Uint8Images", "base_name", "dataset_loader",
-           "folder_dataset", "load_dataset", "stratified_split", "takes_option"]
+           "folder_dataset", "load_dataset", "missing_files", "resolution", "stratified_split", "takes_option"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dd.data.base import DatasetNotFoundError, ImageDataset
-from dd.data.registry import DATASETS
+from dd.data.registry import DATASETS, absent, expects_files
 from dd.data import sources
 from dd.data.sources import FileImages, Uint8Images
 
@@ -146,15 +146,30 @@ def _build(name, class_names, root, train: _Index, test: _Index, res, resize, wo
 
 # ---------------------------------------------------------------- Tiny-ImageNet
 
+def _tiny_base(root) -> Path:
+    return Path(root if root is not None else ".").expanduser() / "tiny-imagenet-200"
+
+
+def _tiny_entries(base: Path) -> list[Path]:
+    """What the Tiny-ImageNet loader opens first: the class list, the train folder, the val images and labels."""
+    return [base / "wnids.txt", base / "train", base / "val" / "images", base / "val" / "val_annotations.txt"]
+
+
+@expects_files("tinyimagenet")
+def _tiny_missing(root) -> list[Path]:
+    base = _tiny_base(root)
+    return [base] if not base.is_dir() else absent(_tiny_entries(base))
+
+
 @DATASETS.register("tinyimagenet", help="Tiny-ImageNet-200 (64x64) from ROOT/tiny-imagenet-200; test split = val")
 def tinyimagenet(root=None, workers: int | None = None, file_backed_above_mib: float | None = None,
                  skip_bad_images: bool = False, **_) -> ImageDataset:
     """Tiny-ImageNet-200 in its distributed layout; labels follow the sorted wnids (ImageFolder's order, as in MTT)."""
-    base = Path(root if root is not None else ".").expanduser() / "tiny-imagenet-200"
+    base = _tiny_base(root)
     layout = (f"expected Tiny-ImageNet at {base}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
               "val/val_annotations.txt}; put the extracted tiny-imagenet-200.zip there or pass --data-root")
     wnids_file, ann_file = base / "wnids.txt", base / "val" / "val_annotations.txt"
-    for p in (wnids_file, base / "train", base / "val" / "images", ann_file):
+    for p in _tiny_entries(base):
         if not p.exists():
             raise DatasetNotFoundError(f"missing {p}; {layout}")
     wnids = sorted({line.strip() for line in wnids_file.read_text().splitlines() if line.strip()})
@@ -198,6 +213,24 @@ def tinyimagenet(root=None, workers: int | None = None, file_backed_above_mib: f
 
 # ---------------------------------------------------------------- ImageFolder trees: ImageNet, its subsets, folder:PATH
 
+def _tree_base(root) -> Path:
+    return Path(root if root is not None else ".").expanduser()
+
+
+def _tree_missing(root, wnids: Sequence[str] | None = None) -> list[Path]:
+    """train/ and val/ under root when absent, else the class folders of `wnids` absent from either (no file is read)."""
+    base = _tree_base(root)
+    splits = absent([base / "train", base / "val"])
+    if splits or wnids is None:
+        return splits
+    return absent([base / split / w for split in ("train", "val") for w in wnids])
+
+
+@expects_files("imagenet")
+def _imagenet_missing(root) -> list[Path]:
+    return _tree_missing(root)
+
+
 def imagefolder(name: str, root, wnids: Sequence[str] | None, names: Sequence[str] | None, res: int,
                 resize: str = "center", train_per_class: int | None = None, workers: int | None = None,
                 file_backed_above_mib: float | None = None, skip_bad_images: bool = False,
@@ -209,7 +242,7 @@ def imagefolder(name: str, root, wnids: Sequence[str] | None, names: Sequence[st
     """
     _check_resize(resize)
     res = _check_res(res)
-    base = Path(root if root is not None else ".").expanduser()
+    base = _tree_base(root)
     layout = layout or (f"expected an ImageFolder tree at {base}/{{train,val}}/<wnid>/*.JPEG (torchvision ImageNet's "
                         "layout with val sorted into class folders); pass --data-root")
     for split in ("train", "val"):
@@ -261,10 +294,25 @@ def _register_subset(subset: str) -> None:
 
     load.__doc__ = f"MTT's {subset} (10 ImageNet classes) read from an ImageNet tree, 128x128 by default."
     DATASETS.add(subset, load, help=f"MTT's {subset}: 10 ImageNet classes from ROOT/{{train,val}}/<wnid>, 128x128")
+    expects_files(subset)(lambda root: _tree_missing(root, wnids))
 
 
 for _subset in SUBSETS:
     _register_subset(_subset)
+
+
+def _folder_base(spec: str, root) -> Path:
+    """PATH of `folder:PATH` (a relative PATH under `root` when one is given)."""
+    if not spec.startswith(FOLDER_PREFIX) or not spec[len(FOLDER_PREFIX):].strip():
+        raise ValueError(f"expected folder:PATH (an ImageFolder tree PATH/{{train,val}}/<class>/*), got {spec!r}")
+    base = Path(spec[len(FOLDER_PREFIX):]).expanduser()
+    return Path(root).expanduser() / base if not base.is_absolute() and root is not None else base
+
+
+def folder_missing(spec: str, root=None) -> list[Path]:
+    """The absent train/ and val/ directories of a `folder:PATH` tree (PATH itself when it is absent); no file is read."""
+    base = _folder_base(spec, root)
+    return [base] if not base.is_dir() else absent([base / "train", base / "val"])
 
 
 def folder_dataset(spec: str, root=None, res: int = DEFAULT_FOLDER_RES, resize: str = "center",
@@ -276,11 +324,7 @@ def folder_dataset(spec: str, root=None, res: int = DEFAULT_FOLDER_RES, resize: 
     one must have a folder under PATH/val too, and val may hold no other class. A relative PATH is read under `root`
     (--data-root) when one is given. The dataset's name is `spec` itself, so sets and buffers can reload it.
     """
-    if not spec.startswith(FOLDER_PREFIX) or not spec[len(FOLDER_PREFIX):].strip():
-        raise ValueError(f"expected folder:PATH (an ImageFolder tree PATH/{{train,val}}/<class>/*), got {spec!r}")
-    base = Path(spec[len(FOLDER_PREFIX):]).expanduser()
-    if not base.is_absolute() and root is not None:
-        base = Path(root).expanduser() / base
+    base = _folder_base(spec, root)
     layout = (f"expected an ImageFolder tree at {base}/train/<class>/<image files> and {base}/val/<class>/<image files> "
               f"(one folder per class; val is the test split)")
     if not base.is_dir():

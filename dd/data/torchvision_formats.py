@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from dd.data.base import DatasetNotFoundError, ImageDataset
+from dd.data.registry import DATASETS, absent, expects_files
 from dd.data.sources import Uint8Images
-from dd.data.registry import DATASETS
 
 DIGIT_NAMES = [str(i) for i in range(10)]
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -62,6 +62,17 @@ def _read_idx(stem: Path, magic: int, layout: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable for torch
 
 
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx_missing(root, folder: str) -> list[Path]:
+    """The idx files (plain or .gz) absent under root/folder/raw; the folder alone when it is absent."""
+    raw = _root(root) / folder / "raw"
+    if not raw.is_dir():
+        return [raw]
+    return [raw / f for f in IDX_FILES if not (raw / f).is_file() and not (raw / f"{f}.gz").is_file()]
+
+
 def _idx_dataset(name: str, folder: str, root, stats, class_names, flip_ok: bool, archive: str) -> ImageDataset:
     raw = _root(root) / folder / "raw"
     layout = (f"expected {name} in torchvision's format at {raw}/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte[.gz]; "
@@ -96,7 +107,22 @@ def fashion_mnist(root=None, **_) -> ImageDataset:
     return _idx_dataset("fashion-mnist", "FashionMNIST", root, FASHION_STATS, FASHION_NAMES, flip_ok=True, archive="Fashion-MNIST idx")
 
 
+@expects_files("mnist")
+def _mnist_missing(root) -> list[Path]:
+    return _idx_missing(root, "MNIST")
+
+
+@expects_files("fashion-mnist")
+def _fashion_mnist_missing(root) -> list[Path]:
+    return _idx_missing(root, "FashionMNIST")
+
+
 # ---------------------------------------------------------------- SVHN (.mat)
+
+@expects_files("svhn")
+def _svhn_missing(root) -> list[Path]:
+    return absent([_root(root) / f"{split}_32x32.mat" for split in ("train", "test")])
+
 
 @DATASETS.register("svhn", help="SVHN cropped digits: ROOT/{train,test}_32x32.mat (label 10 is digit 0)")
 def svhn(root=None, **_) -> ImageDataset:
@@ -202,21 +228,41 @@ def _cifar_dataset(name, folder: Path, train_files, test_file, meta_file, names_
     )
 
 
+CIFAR10_FOLDER, CIFAR10_FILES = "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
+CIFAR100_FOLDER, CIFAR100_FILES = "cifar-100-python", ("train", "test", "meta")
+
+
+def _folder_missing(root, folder: str, files) -> list[Path]:
+    """The folder when it is absent, else the listed files absent from it."""
+    base = _root(root) / folder
+    return [base] if not base.is_dir() else absent([base / f for f in files])
+
+
 @DATASETS.register("cifar10", help="CIFAR-10 from ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}")
 def cifar10(root=None, **_) -> ImageDataset:
     """CIFAR-10 python batches as extracted from cifar-10-python.tar.gz (torchvision's layout)."""
-    folder = _root(root) / "cifar-10-batches-py"
+    folder = _root(root) / CIFAR10_FOLDER
     layout = (f"expected CIFAR-10 in torchvision's format at {folder}/{{data_batch_1..5,test_batch,batches.meta}}; "
               "put the extracted cifar-10-python.tar.gz there or pass --data-root")
-    return _cifar_dataset("cifar10", folder, [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
+    return _cifar_dataset("cifar10", folder, list(CIFAR10_FILES[:5]), "test_batch", "batches.meta",
                           "label_names", "labels", 10, CIFAR10_STATS, layout)
+
+
+@expects_files("cifar10")
+def _cifar10_missing(root) -> list[Path]:
+    return _folder_missing(root, CIFAR10_FOLDER, CIFAR10_FILES)
 
 
 @DATASETS.register("cifar100", help="CIFAR-100 (fine labels) from ROOT/cifar-100-python/{train,test,meta}")
 def cifar100(root=None, **_) -> ImageDataset:
     """CIFAR-100 python files as extracted from cifar-100-python.tar.gz; the 100 fine labels are used."""
-    folder = _root(root) / "cifar-100-python"
+    folder = _root(root) / CIFAR100_FOLDER
     layout = (f"expected CIFAR-100 in torchvision's format at {folder}/{{train,test,meta}}; "
               "put the extracted cifar-100-python.tar.gz there or pass --data-root")
     return _cifar_dataset("cifar100", folder, ["train"], "test", "meta", "fine_label_names", "fine_labels", 100,
                           CIFAR100_STATS, layout)
+
+
+@expects_files("cifar100")
+def _cifar100_missing(root) -> list[Path]:
+    return _folder_missing(root, CIFAR100_FOLDER, CIFAR100_FILES)

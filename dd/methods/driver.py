@@ -83,15 +83,19 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None) -> Inputs:
-    """Opens (and hash-checks) every buffer and teacher a method is given; refuses counts it does not declare."""
+def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None,
+                verify: str = "open") -> Inputs:
+    """Opens (and hash-checks) every buffer and teacher a method is given; refuses counts it does not declare.
+
+    verify: how buffer shards are checked (dd.buffers.TrajectoryStore); 'lazy' reads none of them here, for callers
+    that only need the inputs' identity (their manifests' hashes)."""
     from dd.buffers import TrajectoryStore
     from dd.teachers import open_teachers
 
     buffers = [b for b in buffers if b]
     teachers = [t for t in teachers if t]
     check_input_counts(cls, len(buffers), len(teachers))
-    return Inputs([TrajectoryStore(b) for b in buffers], open_teachers(teachers, teacher_model))
+    return Inputs([TrajectoryStore(b, verify=verify) for b in buffers], open_teachers(teachers, teacher_model))
 
 
 def check_inputs(inputs: Inputs, dataset: str, cfg) -> None:
@@ -118,21 +122,52 @@ def method_class(name: str) -> type:
     return METHODS.get(name)
 
 
-def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
-            teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None,
-            data_options: Optional[dict] = None):
-    """Resolves a run before touching data: (method class, resolved config, opened inputs, loaded dataset).
+def resolve(method: str, dataset: str, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
+            teachers: Sequence = (), teacher_model=None, verify: str = "open"):
+    """(method class, resolved config, opened inputs) of a run, without reading any data.
 
     Order: open and hash the inputs -> resolve the config (user > config file > preset > default, plus rules that
-    read the inputs) -> check the inputs against it -> load the data with the resolved ZCA setting (and
-    `data_options`, see dd.data.load_dataset).
+    read the inputs) -> check the inputs against it.
     """
     cls = method_class(method)
     check_ipc(ipc)
+    inputs = open_inputs(cls, buffers, teachers, teacher_model, verify=verify)
+    mcfg = cls.resolve_config(dict(config or {}), dataset, ipc, inputs)
+    check_inputs(inputs, dataset, mcfg)
+    return cls, mcfg, inputs
+
+
+def run_config(run: RunConfig | dict | None) -> RunConfig:
+    """The driver's options as a checked RunConfig (its eval_options typed as Protocol fields), before any work."""
+    run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
+    return replace(run, eval_options=coerce_fields(Protocol, run.eval_options))
+
+
+def run_identity(method: str, dataset: str, ipc: int, *, buffer: str | Path | None = None, buffers: Sequence = (),
+                 teachers: Sequence = (), teacher_model=None, config: dict | None = None,
+                 run: RunConfig | dict | None = None, seed: int = 0, data_options: Optional[dict] = None) -> dict:
+    """The identity a one-process `distill` with these arguments writes to OUT/config.json and its checkpoint
+    (what must match for a resume), computed without reading the data: `ddtk reproduce` compares it with an
+    existing output directory to decide between reusing, resuming and starting over."""
+    from dd.data import resolution
+
+    name = base_name(dataset)
+    name = name if ":" in name else name.lower()  # folder:PATH and module:callable keep their case
+    cls, mcfg, inputs = resolve(method, name, ipc, config, buffers=[buffer, *buffers], teachers=teachers,
+                                teacher_model=teacher_model, verify="lazy")  # the identity holds manifest hashes only
+    res = resolution(name, data_options)
+    return _identity(cls.name, name, ipc, seed, asdict(mcfg), run_config(run), inputs,
+                     image_size=[res, res] if res is not None else None)
+
+
+def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
+            teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None,
+            data_options: Optional[dict] = None):
+    """Resolves a run before touching data (see `resolve`), then loads the data with the resolved ZCA setting (and
+    `data_options`, see dd.data.load_dataset): (method class, resolved config, opened inputs, loaded dataset)."""
     name = base_name(dataset.name) if isinstance(dataset, ImageDataset) else dataset
-    inputs = open_inputs(cls, buffers, teachers, teacher_model)
-    mcfg = cls.resolve_config(dict(config or {}), name, ipc, inputs)
-    check_inputs(inputs, name, mcfg)
+    cls, mcfg, inputs = resolve(method, name, ipc, config, buffers=buffers, teachers=teachers,
+                                teacher_model=teacher_model)
     if isinstance(dataset, ImageDataset):
         if (dataset.zca is not None) != bool(mcfg.zca):
             raise ValueError(f"the resolved config has zca={bool(mcfg.zca)} but the given dataset is "
@@ -169,8 +204,7 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
     With `out`, the directory is locked for the whole run (dd.lock): a second writer is refused before it reads
     any data, and a lock left by a killed run is taken over, so rerunning resumes from its checkpoint.
     """
-    run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
-    run = replace(run, eval_options=coerce_fields(Protocol, run.eval_options))  # checked before any work starts
+    run = run_config(run)  # checked before any work starts
     group = ProcessGroup(resolve_device(device))
     try:
         with output_lock(out, group) if out is not None else contextlib.nullcontext():
@@ -191,9 +225,9 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
     train, val = full.split_validation(run.val_fraction, seed=0) if validate else (full, None)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    from dd.data import takes_option
+    from dd.data import resolution
 
-    sized = list(full.image_size) if takes_option(base_name(full.name), "res") else None
+    sized = list(full.image_size) if resolution(base_name(full.name)) is not None else None
     identity = _identity(cls.name, full.name, ipc, seed, asdict(mcfg), run, inputs, group.world, sized)
     m: Method = cls(mcfg, train, ipc, dev, g, inputs, group)
     m.init_synset()
@@ -211,6 +245,8 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
         start_it, best, best_set, history = _load_checkpoint(out_dir / ckpt, m, g, identity)
         logger.truncate(start_it)
         print(f"resuming {cls.name} from iteration {start_it} ({out_dir / ckpt})")
+    else:
+        logger.truncate(0)  # a run that starts over (--restart, or killed before its first checkpoint) logs afresh
 
     plan_val = m.evaluation() if validate else None
     last_ckpt = time.monotonic()
