@@ -86,6 +86,7 @@ def train_expert(cfg: BufferConfig, ds: ImageDataset, k: int, device, progress: 
                 y = labels[idx]
                 x = dsa(x_raw, generator=g) if dsa is not None else x_raw
                 loss = expert_step(model, params, x, y, x_raw, cfg, ep, momentum_bufs)
+            x_raw = x = None  # lets the pass's batch buffer go before the next pass allocates its own
             last = float(loss)  # the one sync per epoch
             if not math.isfinite(last):
                 raise FloatingPointError(f"expert {k} diverged at epoch {ep} (loss {last}); lower --lr")

@@ -37,6 +37,7 @@ from dd.data.errors import BadImageError
 # images decoded from files in this process (batches from DataLoader workers included), for benchmarks and tests
 DECODE_TOTALS: Counter = Counter()
 
+CACHE_BLOCK = 4  # images normalized at a time into a given buffer on CPU (4 x 224 px floats: 2.4 MB)
 DECODE_CHUNK = 64  # images a DataLoader worker decodes at a time; batches are assembled from chunks
 EVAL_BATCH_CAP = 128  # file-backed test passes decode at most this many images per batch: less memory and a
 # shorter wait for the first batch; accuracy in eval mode does not depend on it
@@ -53,8 +54,12 @@ def normalize_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     float32 buffer of pixels' shape to fill instead of a fresh one (a fresh 224 px batch costs more in page faults
     than in arithmetic).
     """
-    x = pixels.float() if out is None else out.copy_(pixels)
-    return x.div_(255.0).sub_(mean).div_(std)
+    if out is None:
+        return pixels.float().div_(255.0).sub_(mean).div_(std)
+    step = CACHE_BLOCK if out.device.type == "cpu" else len(out)
+    for i in range(0, len(out), step):  # a few images at a time: the three passes stay in the CPU's cache
+        torch.div(pixels[i:i + step], 255.0, out=out[i:i + step]).sub_(mean).div_(std)
+    return out
 
 
 def stats_tensor(values: Sequence[float], device) -> torch.Tensor:
