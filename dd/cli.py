@@ -47,11 +47,40 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    """--device, --seed, --out, --data-root: the options every job shares."""
+    """--device, --seed, --out, --data-root and how images are read: the options every job shares."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto (CUDA when present)")
     p.add_argument("--seed", type=int, default=0, help="seed for every random draw of the job")
     p.add_argument("--out", default=None, help="output directory")
     p.add_argument("--data-root", default=None, help="where the dataset's files are (not needed for mnist10k/digits)")
+    g = p.add_argument_group("image trees (imagenet, its subsets, tinyimagenet, folder:PATH)")
+    g.add_argument("--res", type=positive_int, default=None,
+                   help="side of the square images an ImageNet tree or folder:PATH is read at (imagenet 64, subsets 128, "
+                        "folder 64; a set's own resolution when evaluating it)")
+    g.add_argument("--file-backed-above", dest="file_backed_above_mib", type=non_negative_float, default=None,
+                   metavar="MIB", help="decode images on demand from their files when the decoded dataset would exceed "
+                                       "MIB MiB in memory (default 2048; 0: always file-backed)")
+    g.add_argument("--skip-bad-images", action="store_true", default=None,
+                   help="leave out (with a warning naming each) image files that cannot be decoded, instead of stopping")
+    g.add_argument("--data-workers", dest="workers", type=int, default=None, metavar="N",
+                   help="processes decoding a file-backed dataset (and threads decoding a tree into memory); "
+                        "default: the CPU count, at most 8; 0 decodes in the main process")
+
+
+def data_options(args: argparse.Namespace) -> dict:
+    """The image-reading options given on the command line, as load_dataset keyword arguments (unset ones left out)."""
+    keys = ("res", "file_backed_above_mib", "skip_bad_images", "workers")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type of sizes that may be 0 (e.g. --file-backed-above)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def positive_int(text: str) -> int:

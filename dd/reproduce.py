@@ -520,7 +520,7 @@ def expected_identity(kwargs: dict) -> dict:
     """The identity the distill run will record (see dd.methods.driver.run_identity)."""
     from dd.methods.driver import run_identity
 
-    keys = ("buffer", "teachers", "teacher_model", "config", "run", "seed")
+    keys = ("buffer", "teachers", "teacher_model", "config", "run", "seed", "data_options")
     return run_identity(kwargs["method"], kwargs["dataset"], kwargs["ipc"], **{k: kwargs[k] for k in keys})
 
 

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from dd.utils import atomic_write_bytes, to_jsonable, versions
+from dd.data.base import base_name
 
 FORMAT = "dd.synset/1"
 
@@ -213,7 +214,7 @@ def _digest(t: torch.Tensor) -> str:
 def dataset_meta(dataset, **more) -> dict[str, Any]:
     """The provenance every synthetic set carries about the data it came from."""
     meta = {
-        "dataset": dataset.name.split(":")[0],
+        "dataset": base_name(dataset.name),
         "image_size": list(dataset.image_size),
         "channels": dataset.channels,
         "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dd.utils import sha256_bytes, sha256_file
+from dd.data.base import base_name
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "teacher")
@@ -50,8 +51,8 @@ class TeacherSource:
 
     def check_compatible(self, dataset: str, zca: bool) -> None:
         """Refuses a teacher recorded on another dataset or with the other ZCA setting, naming both sides."""
-        name = dataset.split(":")[0].lower()
-        if self.dataset is not None and self.dataset.split(":")[0].lower() != name:
+        name = base_name(dataset).lower()
+        if self.dataset is not None and base_name(self.dataset).lower() != name:
             raise ValueError(f"teacher '{self.spec}' was trained on dataset '{self.dataset}' but this run uses "
                              f"'{dataset}'; train one with `ddtk buffer --dataset {dataset} --experts 1 --out DIR`")
         if self.zca is not None and bool(self.zca) != bool(zca):

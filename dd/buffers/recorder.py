@@ -16,7 +16,7 @@ import torch
 from dd.buffers.config import BufferConfig
 from dd.buffers.steps import expert_step
 from dd.buffers.store import FORMAT, MANIFEST, buffer_key, param_key, shard_name
-from dd.data import ImageDataset, load_dataset
+from dd.data import ImageDataset, base_name, load_dataset
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
 from dd.utils import atomic_write_bytes, atomic_write_json, resolve_device, sha256_file, to_jsonable, versions
@@ -62,7 +62,8 @@ def train_expert(cfg: BufferConfig, ds: ImageDataset, k: int, device, progress: 
         names = [n for n, _ in model.named_parameters()]
         params = [p for _, p in model.named_parameters()]
         dsa = dsa_for(ds.flip_ok, cfg.dsa_strategy) if cfg.dsa else None
-        images, labels = ds.train_images.to(dev), ds.train_labels.to(dev)
+        # the training split as a source: uint8 normalized per batch on `dev`, or files decoded by DataLoader workers
+        images, labels = ds.train.to(dev), ds.train_labels.to(dev)
         n, bs = len(images), cfg.batch_size
         tensors: dict[str, torch.Tensor] = {}
 
@@ -81,11 +82,11 @@ def train_expert(cfg: BufferConfig, ds: ImageDataset, k: int, device, progress: 
         for ep in bar:
             perm = torch.randperm(n, generator=g).to(dev)
             loss = None
-            for i in range(0, n, bs):
-                idx = perm[i:i + bs]
-                x_raw, y = images[idx], labels[idx]
+            for idx, x_raw in images.batches(bs, order=perm, reuse=True):  # a step is done with its batch
+                y = labels[idx]
                 x = dsa(x_raw, generator=g) if dsa is not None else x_raw
                 loss = expert_step(model, params, x, y, x_raw, cfg, ep, momentum_bufs)
+            x_raw = x = None  # lets the pass's batch buffer go before the next pass allocates its own
             last = float(loss)  # the one sync per epoch
             if not math.isfinite(last):
                 raise FloatingPointError(f"expert {k} diverged at epoch {ep} (loss {last}); lower --lr")
@@ -94,7 +95,7 @@ def train_expert(cfg: BufferConfig, ds: ImageDataset, k: int, device, progress: 
             if on_epoch is not None:
                 on_epoch(ep + 1, model)
             snapshot(ep + 1)
-        acc = accuracy(model, ds.test_images.to(dev), ds.test_labels.to(dev))
+        acc = accuracy(model, ds.test.to(dev), ds.test_labels.to(dev))
     return tensors, acc
 
 
@@ -158,30 +159,42 @@ def _shard_ok(path: Path, cfg: BufferConfig, k: int, expected_sha: Optional[str]
 
 
 def record_buffer(config: BufferConfig, out: str | Path, device="auto", data_root: str | None = None,
-                  dataset: ImageDataset | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+                  dataset: ImageDataset | None = None, progress: bool = True, log: Callable[[str], None] = print,
+                  data_options: Optional[dict] = None) -> Path:
     """Records (or resumes) the buffer of `config` into `out`; returns the directory.
 
     A rerun with the same config skips experts whose shard is complete; another config is refused. The directory
     is locked for the whole recording (dd.lock, taken by rank 0 before any rank reads data or writes), so a second
-    recorder on the same `out` is refused while a killed one's lock is taken over.
+    recorder on the same `out` is refused while a killed one's lock is taken over. `data_options` go to
+    load_dataset (e.g. res, file_backed_above_mib, skip_bad_images, workers for an image tree).
     """
     out = Path(out)
     ctx = ProcessGroup(resolve_device(device))
     try:
         with output_lock(out, ctx):
-            _record(config, out, ctx, data_root, dataset, progress, log)
+            _record(config, out, ctx, data_root, dataset, progress, log, dict(data_options or {}))
     finally:
         ctx.close()
     return out
 
 
+def _check_same_data(old: dict, ds: ImageDataset, out: Path) -> None:
+    """A resumed buffer must read images of the same shape and count (e.g. an image tree at the same --res)."""
+    entry = old.get("dataset") or {}
+    for key, now in (("image_size", list(ds.image_size)), ("channels", ds.channels), ("num_classes", ds.num_classes),
+                     ("train", len(ds.train_labels))):
+        if key in entry and entry[key] != now:
+            raise ValueError(f"'{out}' holds a buffer recorded on data with {key} {entry[key]}, but the data now has "
+                             f"{now}; use the same data options (e.g. --res) to resume, or another --out")
+
+
 def _record(cfg: BufferConfig, out: Path, ctx: ProcessGroup, data_root: str | None, dataset: ImageDataset | None,
-            progress: bool, log: Callable[[str], None]) -> None:
+            progress: bool, log: Callable[[str], None], data_options: Optional[dict] = None) -> None:
     """record_buffer's work once the directory is locked: check an existing manifest, deal the missing experts to
     the ranks, record them, and let rank 0 write the complete manifest."""
     dev = ctx.local_device()
-    ds = dataset if dataset is not None else load_dataset(cfg.dataset, root=data_root, zca=cfg.zca)
-    if ds.name.split(":")[0] != cfg.dataset:
+    ds = dataset if dataset is not None else load_dataset(cfg.dataset, root=data_root, zca=cfg.zca, **(data_options or {}))
+    if base_name(ds.name) != cfg.dataset:
         raise ValueError(f"dataset object is '{ds.name}' but the config says '{cfg.dataset}'")
     with torch.random.fork_rng(devices=[]):
         probe = _build(cfg, ds)
@@ -196,6 +209,7 @@ def _record(cfg: BufferConfig, out: Path, ctx: ProcessGroup, data_root: str | No
         if diff:
             raise ValueError(f"'{out}' holds a buffer recorded with another configuration; differences: "
                              f"{'; '.join(diff)}. Use another --out, or the same options to resume")
+        _check_same_data(old, ds, out)
         listed = {int(e["index"]): e["sha256"] for e in old.get("experts", [])}
     elif out.exists() and any(out.glob("expert_*.safetensors")):
         raise ValueError(f"'{out}' holds expert shards but no {MANIFEST}; use another --out or empty it")

@@ -12,7 +12,7 @@ def add_parser(sub, name):
                        description="Trains N experts on the real training set and stores every epoch's parameters. "
                                    "Rerun the same command to resume; launch with `torchrun --nproc_per_node=K -m dd "
                                    "buffer ...` to share the experts among K processes.")
-    p.add_argument("--dataset", default="mnist10k")
+    p.add_argument("--dataset", default="mnist10k", help="a registered name, folder:PATH or package.module:callable")
     p.add_argument("--model", default="convnet", help="architecture (see `ddtk models`)")
     p.add_argument("--model-option", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
                    help="extra model constructor argument, e.g. --model-option width=16 (repeatable)")
@@ -53,6 +53,7 @@ def buffer_config(args):
 
 def run(args) -> int:
     from dd.buffers import TrajectoryStore, record_buffer
+    from dd.cli import data_options
 
     if not args.out:
         raise ValueError("ddtk buffer needs --out DIR (the buffer directory)")
@@ -60,7 +61,8 @@ def run(args) -> int:
     import os
 
     rank = int(os.environ.get("RANK", "0"))
-    record_buffer(cfg, args.out, device=args.device, data_root=args.data_root, progress=not args.quiet and rank == 0)
+    record_buffer(cfg, args.out, device=args.device, data_root=args.data_root, progress=not args.quiet and rank == 0,
+                  data_options=data_options(args))
     if rank == 0:
         store = TrajectoryStore(args.out)
         accs = ", ".join(f"{100 * store.final_accuracy(k):.2f}" for k in range(store.num_experts))

@@ -11,7 +11,8 @@ def add_parser(sub, name):
 
     p = sub.add_parser(name, help="distil a dataset into IPC images per class with a method")
     p.add_argument("--method", default=None, help="method name (see `ddtk methods`; default dm)")
-    p.add_argument("--dataset", default=None, help="dataset name (default mnist10k)")
+    p.add_argument("--dataset", default=None, help="dataset: a registered name (default mnist10k), folder:PATH "
+                   "(an ImageFolder tree PATH/{train,val}/<class>/*) or package.module:callable")
     p.add_argument("--ipc", type=positive_int, default=None, help="images per class (default 10)")
     p.add_argument("--buffer", default=None, help="expert-trajectory buffer directory (trajectory matching)")
     add_teacher_options(p)
@@ -61,10 +62,18 @@ def check_set_keys(method: str, sets: dict) -> None:
                              f"{where}")
 
 
+def safe_name(dataset: str) -> str:
+    """A dataset name as one path component ('folder:/data/pets' -> 'folder__data_pets') for the default --out."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
+
+
 def distill_arguments(args, config_data: dict | None = None) -> dict:
     """The keyword arguments of `dd.methods.distill` that parsed `ddtk distill` options mean: command line >
     --config file > defaults. `config_data` stands in for the --config file's content when the caller already holds
     it (`ddtk reproduce` checks a run against its artifacts before it writes the file). `args` is not modified."""
+    from dd.cli import data_options
     from dd.utils import parse_assignments
 
     args = argparse.Namespace(**vars(args))
@@ -96,10 +105,11 @@ def distill_arguments(args, config_data: dict | None = None) -> dict:
     if args.no_full_baseline:
         run_cfg["baselines"] = ("random",)
     run_cfg["wandb"] = args.wandb or run_cfg.get("wandb", False)
-    out = args.out or f"runs/{args.method}_{args.dataset}_ipc{args.ipc}_seed{args.seed}"
+    out = args.out or f"runs/{args.method}_{safe_name(args.dataset)}_ipc{args.ipc}_seed{args.seed}"
     return dict(method=args.method, dataset=args.dataset, ipc=args.ipc, out=out, buffer=args.buffer,
                 teachers=args.teachers or (), teacher_model=args.teacher_model, config=cfg, run=run_cfg,
-                device=args.device, seed=args.seed, data_root=args.data_root, resume=not args.restart)
+                device=args.device, seed=args.seed, data_root=args.data_root, resume=not args.restart,
+                data_options=data_options(args))
 
 
 def run(args) -> int:

@@ -12,7 +12,8 @@ def add_parser(sub, name):
     p.add_argument("synset", nargs="?", help="a .safetensors synthetic set (or an MTT images_best.pt)")
     p.add_argument("--baseline", choices=["random", "full"], action="append",
                    help="evaluate a baseline instead of (or beside) a set; repeatable")
-    p.add_argument("--dataset", default=None, help="dataset (default: the set's own, else mnist10k)")
+    p.add_argument("--dataset", default=None, help="dataset (default: the set's own, else mnist10k); a registered "
+                   "name, folder:PATH or package.module:callable")
     p.add_argument("--ipc", type=positive_int, default=None, help="images per class for --baseline random")
     p.add_argument("--model", "--models", dest="models", default="convnet",
                    help="architecture(s), comma-separated, e.g. convnet-w32,mlp,lenet")
@@ -122,8 +123,10 @@ def run(args) -> int:
 
 
 def _run(args, group) -> int:
+    from dd.cli import data_options
     from dd.data import DEFAULT_DATASET, load_dataset
     from dd.eval import build_report
+    from dd.eval.harness import options_for_set
     from dd.synset import SyntheticSet
     from dd.utils import seed_everything
 
@@ -147,7 +150,9 @@ def _run(args, group) -> int:
     protocol = protocol_from_args(args, recorded)
     name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
     zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else args.zca
-    dataset = load_dataset(name, root=args.data_root, zca=zca)
+    options = data_options(args)
+    dataset = load_dataset(name, root=args.data_root, zca=zca,
+                           **(options_for_set(name, synset.meta, options) if synset is not None else options))
     device = group.local_device()
     teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
     if protocol.labels == "teacher" and teacher is None:

@@ -21,7 +21,9 @@ def add_parser(sub, name):
 
 def run(args) -> int:
     from dd.commands.eval import protocol_from_args, teacher_for
+    from dd.cli import data_options
     from dd.data import load_dataset
+    from dd.eval.harness import options_for_set
     from dd.eval.labels import StoredLabels, relabel
     from dd.synset import SyntheticSet
     from dd.teachers import open_teachers
@@ -35,7 +37,8 @@ def run(args) -> int:
     protocol = protocol_from_args(args, (synset.meta.get("evaluation") or {}).get("protocol") or "teacher")
     if protocol.labels != "teacher":
         raise ValueError("stored labels are teacher labels: use the teacher protocol")
-    dataset = load_dataset(synset.meta["dataset"], root=args.data_root, zca=bool(synset.meta.get("zca")))
+    dataset = load_dataset(synset.meta["dataset"], root=args.data_root, zca=bool(synset.meta.get("zca")),
+                           **options_for_set(synset.meta["dataset"], synset.meta, data_options(args)))
     device = resolve_device(args.device)
     teacher = teacher_for(args, synset, dataset, device)
     if teacher is None:

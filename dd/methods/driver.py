@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from dd.data import ImageDataset, load_dataset
+from dd.data import ImageDataset, base_name, load_dataset
 from dd.eval import Protocol, build_report, get_protocol, train_and_test
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
@@ -60,14 +60,16 @@ class DistillResult:
 
 
 def _identity(method: str, dataset: str, ipc: int, seed: int, method_cfg: dict, run: RunConfig, inputs: Inputs,
-              world: int = 1) -> dict:
-    """What must match for a checkpoint to be resumed (cadence and iteration count may change)."""
+              world: int = 1, image_size: Optional[list] = None) -> dict:
+    """What must match for a checkpoint to be resumed (cadence and iteration count may change); `image_size` only
+    for datasets read at a chosen resolution (image trees), so other checkpoints keep their identity."""
     keep = {"val_fraction", "val_epochs", "val_runs"}
     hashes = inputs.hashes()
     return to_jsonable({"method": method, "dataset": dataset, "ipc": ipc, "seed": seed, "config": method_cfg,
                         "run": {k: v for k, v in asdict(run).items() if k in keep}, "inputs": hashes,
                         "buffer_sha256": hashes["buffers"][0]["sha256"] if hashes["buffers"] else None,
-                        **({"processes": world} if world > 1 else {})})
+                        **({"processes": world} if world > 1 else {}),
+                        **({"image_size": list(image_size)} if image_size is not None else {})})
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -99,7 +101,7 @@ def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teac
 def check_inputs(inputs: Inputs, dataset: str, cfg) -> None:
     """Every buffer and teacher must come from this dataset and ZCA setting; buffers also from the method's model."""
     for store in inputs.buffers:
-        store.check_compatible(dataset=dataset.split(":")[0], model=cfg.model)
+        store.check_compatible(dataset=base_name(dataset), model=cfg.model)
         if bool(store.config.get("zca", False)) != bool(cfg.zca):
             raise ValueError(f"buffer '{store.path}' was recorded with zca={bool(store.config.get('zca'))} but this run "
                              f"resolves zca={bool(cfg.zca)}; set zca to match or record another buffer")
@@ -143,21 +145,27 @@ def run_config(run: RunConfig | dict | None) -> RunConfig:
 
 def run_identity(method: str, dataset: str, ipc: int, *, buffer: str | Path | None = None, buffers: Sequence = (),
                  teachers: Sequence = (), teacher_model=None, config: dict | None = None,
-                 run: RunConfig | dict | None = None, seed: int = 0) -> dict:
+                 run: RunConfig | dict | None = None, seed: int = 0, data_options: Optional[dict] = None) -> dict:
     """The identity a one-process `distill` with these arguments writes to OUT/config.json and its checkpoint
     (what must match for a resume), computed without reading the data: `ddtk reproduce` compares it with an
     existing output directory to decide between reusing, resuming and starting over."""
-    name = dataset.split(":")[0].lower()
+    from dd.data import resolution
+
+    name = base_name(dataset)
+    name = name if ":" in name else name.lower()  # folder:PATH and module:callable keep their case
     cls, mcfg, inputs = resolve(method, name, ipc, config, buffers=[buffer, *buffers], teachers=teachers,
                                 teacher_model=teacher_model, verify="lazy")  # the identity holds manifest hashes only
-    return _identity(cls.name, name, ipc, seed, asdict(mcfg), run_config(run), inputs)
+    res = resolution(name, data_options)
+    return _identity(cls.name, name, ipc, seed, asdict(mcfg), run_config(run), inputs,
+                     image_size=[res, res] if res is not None else None)
 
 
 def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
-            teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None):
-    """Resolves a run before touching data (see `resolve`), then loads the data with the resolved ZCA setting:
-    (method class, resolved config, opened inputs, loaded dataset)."""
-    name = dataset.name.split(":")[0] if isinstance(dataset, ImageDataset) else dataset
+            teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None,
+            data_options: Optional[dict] = None):
+    """Resolves a run before touching data (see `resolve`), then loads the data with the resolved ZCA setting (and
+    `data_options`, see dd.data.load_dataset): (method class, resolved config, opened inputs, loaded dataset)."""
+    name = base_name(dataset.name) if isinstance(dataset, ImageDataset) else dataset
     cls, mcfg, inputs = resolve(method, name, ipc, config, buffers=buffers, teachers=teachers,
                                 teacher_model=teacher_model)
     if isinstance(dataset, ImageDataset):
@@ -167,7 +175,7 @@ def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | N
                              f"zca={bool(mcfg.zca)}) or set zca explicitly")
         full = dataset
     else:
-        full = load_dataset(dataset, root=data_root, zca=mcfg.zca)
+        full = load_dataset(dataset, root=data_root, zca=mcfg.zca, **(data_options or {}))
     return cls, mcfg, inputs, full
 
 
@@ -186,8 +194,12 @@ def build_method(method: str, dataset: str | ImageDataset, ipc: int, config: dic
 def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: int = 10, *, out: str | Path | None = None,
             buffer: str | Path | None = None, buffers: Sequence = (), teachers: Sequence = (),
             teacher_model=None, config: dict | None = None, run: RunConfig | dict | None = None,
-            device="auto", seed: int = 0, data_root: str | None = None, resume: bool = True) -> DistillResult:
+            device="auto", seed: int = 0, data_root: str | None = None, resume: bool = True,
+            data_options: Optional[dict] = None) -> DistillResult:
     """Distils `dataset` into `ipc` images per class with `method`; see RunConfig for the loop's options.
+
+    data_options: how an image tree is read (dd.data.DATA_OPTIONS: res, file_backed_above_mib, skip_bad_images,
+    workers); the resolution is part of the run's identity, so a checkpoint is resumed only at the same one.
 
     With `out`, the directory is locked for the whole run (dd.lock): a second writer is refused before it reads
     any data, and a lock left by a killed run is taken over, so rerunning resumes from its checkpoint.
@@ -197,7 +209,8 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
     try:
         with output_lock(out, group) if out is not None else contextlib.nullcontext():
             cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=[buffer, *buffers],
-                                              teachers=teachers, teacher_model=teacher_model, data_root=data_root)
+                                              teachers=teachers, teacher_model=teacher_model, data_root=data_root,
+                                              data_options=data_options)
             return _distill(cls, mcfg, inputs, full, ipc, out, run, group, seed, resume)
     finally:
         group.close()
@@ -212,7 +225,10 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
     train, val = full.split_validation(run.val_fraction, seed=0) if validate else (full, None)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    identity = _identity(cls.name, full.name, ipc, seed, asdict(mcfg), run, inputs, group.world)
+    from dd.data import resolution
+
+    sized = list(full.image_size) if resolution(base_name(full.name)) is not None else None
+    identity = _identity(cls.name, full.name, ipc, seed, asdict(mcfg), run, inputs, group.world, sized)
     m: Method = cls(mcfg, train, ipc, dev, g, inputs, group)
     m.init_synset()
     main = group.is_main

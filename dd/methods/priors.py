@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from dd.utils import atomic_write_json, to_jsonable, versions
+from dd.data.base import base_name
 
 
 def cache_path(source) -> Optional[Path]:
@@ -32,7 +33,7 @@ def cache_path(source) -> Optional[Path]:
 def prior_settings(source, dataset, config) -> dict:
     keys = ("prior", "prior_ipc", "prior_iterations", "prior_epochs", "model", "lr", "r_bn", "first_bn_weight", "jitter",
             "crop_scale", "schedule", "milestone", "beta1", "beta2")
-    return to_jsonable({"member": source.sha256, "dataset": dataset.name.split(":")[0], "zca": dataset.zca is not None,
+    return to_jsonable({"member": source.sha256, "dataset": base_name(dataset.name), "zca": dataset.zca is not None,
                         **{k: getattr(config, k) for k in keys}})
 
 
@@ -62,7 +63,7 @@ def measure_prior(source, dataset, config, device) -> float:
     train, val = dataset.split_validation(0.1, seed=0)
     teacher = source.module(dataset, device)
     if config.prior == "teacher":
-        return 100.0 * accuracy(teacher, val.test_images.to(device), val.test_labels.to(device))
+        return 100.0 * accuracy(teacher, val.test.to(device), val.test_labels.to(device))
     if config.prior != "distilled":
         raise ValueError(f"unknown prior '{config.prior}'; choose 'distilled' or 'teacher'")
     from dd.methods.base import Inputs
@@ -75,7 +76,7 @@ def measure_prior(source, dataset, config, device) -> float:
     for it in range(m.num_steps(config.prior_iterations)):
         m.step(it)
     s = m.current_set()
-    s.meta["dataset"] = dataset.name.split(":")[0]
+    s.meta["dataset"] = base_name(dataset.name)
     row = evaluate(s, config.model, get_protocol("teacher", epochs=config.prior_epochs), runs=1, dataset=val,
                    device=device, teacher=teacher, progress=False)
     return 100.0 * row.mean

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dd.data.base import base_name
+
 # (dataset, ipc) -> options; the key names are MTTConfig fields.
 MTT_TABLE: dict[tuple[str, int], dict[str, Any]] = {
     ("cifar10", 1): dict(syn_steps=50, expert_epochs=2, max_start_epoch=2, zca=True, batch_syn=None, lr_img=1e2, lr_lr=1e-7, lr_teacher=1e-2),
@@ -35,7 +37,7 @@ MODEL_FOR_RESOLUTION = {64: "convnet-d4", 128: "convnet-d5"}
 
 def mtt_defaults(dataset: str, ipc: int) -> dict[str, Any]:
     """The table's row for (dataset, ipc), else the fallback row."""
-    return dict(MTT_TABLE.get((dataset.lower().split(":")[0], int(ipc)), FALLBACK))
+    return dict(MTT_TABLE.get((base_name(dataset).lower(), int(ipc)), FALLBACK))
 
 # DATM (Guo et al., ICLR 2024), ConvNet-IN configs of the DATM repository; keys are DATMConfig fields.
 # current_max_start_epoch None: fixed bounds [min_start_epoch, max_start_epoch) (no sequential generation).
@@ -57,7 +59,7 @@ DATM_FALLBACK: dict[str, Any] = dict(lr_y=2.0, threshold=1.0, min_start_epoch=0,
 
 def datm_defaults(dataset: str, ipc: int) -> dict[str, Any]:
     """DATM's config for (dataset, ipc), else MTT's row plus DATM's generic options."""
-    key = (dataset.lower().split(":")[0], int(ipc))
+    key = (base_name(dataset).lower(), int(ipc))
     if key in DATM_TABLE:
         return dict(DATM_TABLE[key])
     return {**mtt_defaults(dataset, ipc), **DATM_FALLBACK}
