@@ -1,4 +1,5 @@
 """CV-DD: the weighted committee loss and voted labels by hand, BN normalization, voter choice, priors and metadata."""
+import dataclasses
 import json
 import math
 
@@ -132,6 +133,28 @@ def test_cvdd_records_members_priors_and_weights_and_caches_priors(committee, tm
     assert '"committee"' in shown and '"label_weight"' in shown and committee[1] in shown
     with pytest.raises(ValueError, match="at least 2 teachers"):
         distill("cvdd", "digits", 2, teachers=committee[:1], config=cfg, run=run)
+
+
+def test_distilled_priors_are_scored_the_way_the_committee_set_is(committee, tmp_path):
+    """A member's distilled prior is CDA from it alone, started as the committee's set is (real for 'medium'), scored
+    under the committee's post-training protocol: another post-training batch is another prior, measured anew."""
+    from dd.methods.priors import member_priors
+
+    m = build_method("cvdd", "digits", 2, {"batch_classes": 10, "prior": "teacher"}, teachers=committee, seed=0)
+    cfg = dataclasses.replace(m.config, prior="distilled", prior_ipc=1, prior_iterations=2, prior_epochs=2)
+    first = member_priors(m.sources[:1], m.dataset, cfg, "cpu", m.post_protocol())
+    cache = json.loads(open(committee[0] + "/priors.json").read())
+    settings = cache[first[0]["key"]]["settings"]
+    assert settings["init"] == "real" and settings["prior_iterations"] == 2
+    assert settings["protocol"]["batch_size"] == 16 and settings["protocol"]["cosine_eta"] == 2.0
+    assert settings["protocol"]["teacher_bn"] == "train" and settings["protocol"]["labels"] == "teacher"
+    assert 0 <= first[0]["value"] <= 100 and not first[0]["cached"]
+    assert member_priors(m.sources[:1], m.dataset, cfg, "cpu", m.post_protocol())[0] == {**first[0], "cached": True}
+    other = member_priors(m.sources[:1], m.dataset, cfg, "cpu", m.post_protocol().with_(batch_size=32))
+    assert other[0]["key"] != first[0]["key"] and not other[0]["cached"]
+    noise = dataclasses.replace(cfg, init="noise")
+    key = member_priors(m.sources[:1], m.dataset, noise, "cpu", m.post_protocol())[0]["key"]
+    assert json.loads(open(committee[0] + "/priors.json").read())[key]["settings"]["init"] == "noise"
 
 
 def test_medium_init_and_recovery_with_voters(committee):

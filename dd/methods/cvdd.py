@@ -42,8 +42,8 @@ class CVDDConfig(CDAConfig):
     bn_normalize: str = "init"  # 'init': each member's BN loss relative to its value on the batch's start; 'none'
     prior: str = "distilled"  # 'distilled' (CDA from the member alone, scored on a validation split) or 'teacher'
     prior_ipc: int = 10  # the lone member's CDA set used to score it (IPC 1 with ~100 training steps scored chance)
-    prior_iterations: int = 300
-    prior_epochs: int = 300  # teacher-protocol epochs when scoring a member's own distilled set
+    prior_iterations: int = 300  # the lone member's recover steps (the paper's priors ran the full budget: say so with --set)
+    prior_epochs: int = 300  # epochs of the post-training protocol (below) when scoring a member's own distilled set
     post_batch_size: int = 16  # the teacher protocol's batch for the set (the paper's smaller post-training batch)
     post_cosine_eta: float = 2.0  # the paper's gentler cosine (the schedule spans eta x epochs)
     label_bn: str = "train"  # the committee's BatchNorm while labeling: 'train' (batch statistics, the paper) or 'eval'
@@ -113,7 +113,7 @@ class CVDD(CDA):
         self.sources = self.inputs.teachers
         self.members = [src.module(dataset, device) for src in self.sources]
         self.teacher = self.members[0]
-        self.priors = member_priors(self.sources, dataset, config, device)
+        self.priors = member_priors(self.sources, dataset, config, device, self.post_protocol())
         self.label_weights = softmax_weights([p["value"] for p in self.priors], config.tau_labels)
 
     # -- the set's start: medium-difficulty real images -------------------------------------------------
@@ -154,13 +154,16 @@ class CVDD(CDA):
         return loss, parts
 
     # -- the committee's labels ---------------------------------------------------------------------------
-    def evaluation(self) -> EvalPlan:
+    def post_protocol(self):
+        """The teacher protocol with the paper's post-training choices: how the set (and each member's prior) is scored."""
         from dd.eval import get_protocol
 
-        protocol = get_protocol("teacher", batch_size=self.config.post_batch_size, cosine_eta=self.config.post_cosine_eta,
-                                teacher_bn=self.config.label_bn)
+        return get_protocol("teacher", batch_size=self.config.post_batch_size, cosine_eta=self.config.post_cosine_eta,
+                            teacher_bn=self.config.label_bn)
+
+    def evaluation(self) -> EvalPlan:
         committee = Committee(self.members, self.label_weights)
-        return EvalPlan(protocol, committee, [s.describe() for s in self.sources], self.label_weights, self.labels_dir)
+        return EvalPlan(self.post_protocol(), committee, [s.describe() for s in self.sources], self.label_weights, self.labels_dir)
 
     def finalize(self, synset, out, protocol):
         synset = super().finalize(synset, out, protocol)
