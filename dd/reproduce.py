@@ -460,11 +460,20 @@ class State:
         return node
 
     def put(self, value: Any, *keys) -> None:
-        node = self.data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-        atomic_write_json(self.path, to_jsonable(self.data))
+        """Sets one entry and writes the file: re-read and rewritten under an flock on state.json.lock, so the
+        processes of `--jobs N` (each writing its own rows' entries) never drop each other's."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.is_file():
+                self.data = json.loads(self.path.read_text())
+            node = self.data
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+            atomic_write_json(self.path, to_jsonable(self.data))
 
 
 def buffer_status(name: str, ctx: Context) -> tuple[str, str]:
@@ -881,9 +890,11 @@ def default_out(spec_path: Path, smoke: bool) -> Path:
 
 def reproduce(spec_path: str | Path, rows: Optional[list[str]] = None, out: str | Path | None = None,
               dry_run: bool = False, smoke: bool = False, device: str = "auto", data_root: Optional[str] = None,
-              command: Optional[str] = None, log: Callable[[str], None] = print) -> int:
+              command: Optional[str] = None, log: Callable[[str], None] = print, jobs: int = 1) -> int:
     """Runs (or with dry_run, describes) every selected row of a spec; returns the exit status (0: every row has
     its number; 1: something is missing or a row failed). See the module docstring."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     spec = load_spec(spec_path)
     selected = select_rows(spec, rows)
     ctx = Context(spec, Path(out) if out else default_out(spec.path, smoke), smoke, device,
@@ -898,7 +909,7 @@ def reproduce(spec_path: str | Path, rows: Optional[list[str]] = None, out: str 
     from dd.lock import output_lock
 
     with output_lock(ctx.out, command=command):
-        return _run_rows(selected, ctx, command or f"ddtk reproduce {spec.path}")
+        return _run_rows(selected, ctx, command or f"ddtk reproduce {spec.path}", jobs)
 
 
 def _check_row_config(row: Row, ctx: Context) -> None:
@@ -975,41 +986,148 @@ def _status_or_conflict(check: Callable[[], tuple[str, str]]) -> str:
     return f"{status}: {why}"
 
 
-def _run_rows(rows: list[Row], ctx: Context, command: str) -> int:
-    """Buffers -> distill -> eval row by row; a failed row is reported in the table and the next row goes on. Rows
-    left out by --rows are still listed: with their numbers when their artifacts are all there and match."""
+def _run_row(row: Row, ctx: Context, state: State, buffers: dict[str, dict]) -> tuple[dict, dict]:
+    """Distill (unless a baseline) and eval of one row whose buffers are recorded (`buffers`: their records);
+    (stages, result)."""
+    stages = {f"buffer {name}": buffers[name] for name in recipes_of(row) if name in ctx.spec.buffers}
+    if not row.baseline:
+        stages["distill"] = ensure_distill(row, ctx, state)
+    stages["eval"] = ensure_eval(row, ctx, state)
+    return stages, row_result(row, ctx)
+
+
+def _run_rows(rows: list[Row], ctx: Context, command: str, jobs: int = 1) -> int:
+    """Buffers -> distill -> eval for every row (`jobs` at a time, see _run_parallel); a failed row is reported in
+    the table and the next row goes on. Rows left out by --rows are still listed: with their numbers when their
+    artifacts are all there and match."""
     from dd.utils import resolve_device
 
     state = State(ctx.out / "state.json")
     meta = {"command": command, "device": f"--device {ctx.device}: {resolve_device(ctx.device)}",
-            "smoke": ctx.smoke, "started": _now(), "finished": None}
-    entries: list[dict] = []
+            "smoke": ctx.smoke, "started": _now(), "finished": None, "jobs": jobs}
     buffers: dict[str, dict] = {}
-    failures = 0
+    finished: dict[str, dict] = {}
     selected = {r.id for r in rows}
-    for row in ctx.spec.rows:
-        if row.id not in selected:
-            entries.append(_existing_entry(row, ctx, state))
-            continue
-        stages, result, error = {}, None, None
-        try:
-            for name in recipes_of(row):
-                if name in ctx.spec.buffers:
-                    if name not in buffers:
-                        buffers[name] = ensure_buffer(name, ctx, state)
-                    stages[f"buffer {name}"] = buffers[name]
-            if not row.baseline:
-                stages["distill"] = ensure_distill(row, ctx, state)
-            stages["eval"] = ensure_eval(row, ctx, state)
-            result = row_result(row, ctx)
-        except Exception as e:  # noqa: BLE001 - one row's failure is reported; the others still run
-            failures += 1
-            error = f"{type(e).__name__}: {e}"
+
+    def entries() -> list[dict]:
+        out = []
+        for row in ctx.spec.rows:
+            if row.id in finished:
+                out.append(finished[row.id])
+            elif row.id in selected:
+                out.append({**table_entry(row, ctx, {}, None, None), "skipped": "not finished yet"})
+            else:
+                out.append(_existing_entry(row, ctx, state))
+        return out
+
+    def done(row: Row, stages: dict, result: Optional[dict], error: Optional[str]) -> None:
+        if error:
             ctx.log(f"[{row.id}] failed: {error}")
-        entries.append(table_entry(row, ctx, stages, result, error))
+        finished[row.id] = table_entry(row, ctx, stages, result, error)
         meta["finished"] = _now()
-        write_table(ctx, entries, buffers, meta)
-    j, m = write_table(ctx, entries, buffers, meta)
+        write_table(ctx, entries(), buffers, meta)
+
+    if jobs > 1:
+        _run_parallel(rows, ctx, jobs, buffers, done)
+    else:
+        for row in rows:
+            stages, result, error = {}, None, None
+            try:
+                for name in recipes_of(row):
+                    if name in ctx.spec.buffers and name not in buffers:
+                        buffers[name] = ensure_buffer(name, ctx, state)
+                stages, result = _run_row(row, ctx, state, buffers)
+            except Exception as e:  # noqa: BLE001 - one row's failure is reported; the others still run
+                error = f"{type(e).__name__}: {e}"
+            done(row, stages, result, error)
+    failures = sum(1 for e in finished.values() if e["error"])
+    j, m = write_table(ctx, entries(), buffers, meta)
     ctx.log(m.read_text())
     ctx.log(f"wrote {m} and {j}" + (f"; {failures} row(s) failed" if failures else ""))
     return 1 if failures else 0
+
+
+def _run_parallel(rows: list[Row], ctx: Context, jobs: int, buffers: dict[str, dict],
+                  done: Callable[[Row, dict, Optional[dict], Optional[str]], None]) -> None:
+    """`jobs` worker processes (spawned), each running one buffer recipe or one row (distill + eval) at a time.
+    The next job is the first row in spec order that can start: the row itself when its buffers are recorded,
+    else its first buffer nobody is recording yet. On a CPU each job gets cores / jobs torch threads."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    args = (str(ctx.spec.path), str(ctx.out), ctx.smoke, ctx.device, ctx.data_root, threads)
+    failed_buffers: dict[str, str] = {}
+    started: set[str] = set()
+    waiting = list(rows)
+    running: dict = {}
+
+    def next_job() -> Optional[tuple[str, str, Optional[Row]]]:
+        for row in waiting:
+            needs = [n for n in recipes_of(row) if n in ctx.spec.buffers]
+            broken = [n for n in needs if n in failed_buffers]
+            if broken:
+                return "failed", broken[0], row
+            missing = [n for n in needs if n not in buffers]
+            if not missing:
+                return "row", row.id, row
+            free = [n for n in missing if n not in started]
+            if free:
+                return "buffer", free[0], None
+        return None
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while True:
+            while len(running) < jobs:
+                job = next_job()
+                if job is None:
+                    break
+                kind, name, row = job
+                if kind == "failed":
+                    waiting.remove(row)
+                    done(row, {}, None, f"buffer recipe '{name}' failed: {failed_buffers[name]}")
+                    continue
+                if row is not None:
+                    waiting.remove(row)
+                started.add(name)
+                ctx.log(f"[{name}] started ({len(running) + 1} of {jobs} jobs running)")
+                running[pool.submit(_job, kind, name, *args)] = (kind, name, row)
+            if not running:
+                return
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                kind, name, row = running.pop(future)
+                try:
+                    value = future.result()
+                except Exception as e:  # noqa: BLE001 - reported in the table; the other jobs go on
+                    error = f"{type(e).__name__}: {e}"
+                    if kind == "buffer":
+                        failed_buffers[name] = error
+                        ctx.log(f"[buffer {name}] failed: {error}")
+                    else:
+                        done(row, {}, None, error)
+                    continue
+                if kind == "buffer":
+                    buffers[name] = value
+                else:
+                    stages, result = value
+                    stages.update({f"buffer {n}": buffers[n] for n in recipes_of(row) if n in buffers})
+                    done(row, stages, result, None)
+
+
+def _job(kind: str, name: str, spec_path: str, out: str, smoke: bool, device: str, data_root: Optional[str],
+         threads: int):
+    """One job of _run_parallel, in its worker process: a buffer recipe's record, or a row's (stages, result)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    spec = load_spec(spec_path)
+    ctx = Context(spec, Path(out), smoke, device, data_root, lambda line: print(f"[{name}] {line}", flush=True))
+    state = State(ctx.out / "state.json")
+    if kind == "buffer":
+        return ensure_buffer(name, ctx, state)
+    row = next(r for r in spec.rows if r.id == name)
+    buffers = {n: {**(state.get("buffers", n) or {}), "status": "reused"} for n in recipes_of(row) if n in spec.buffers}
+    return _run_row(row, ctx, state, buffers)

@@ -240,6 +240,30 @@ def test_smoke_bench_runs_end_to_end_and_tables_every_row(smoke):
 
 
 @pytest.mark.slow
+def test_jobs_run_rows_in_parallel_processes_with_the_same_results(smoke, tmp_path):
+    """--jobs 2: rows (and the buffers they wait for) in two spawned processes give the sequential run's numbers,
+    and state.json keeps every job's entries."""
+    out, code, _, _ = smoke
+    assert code == 0
+    rows = ["random-ipc1", "dm-ipc1", "mtt-ipc1", "mtt-ipc10"]
+    lines: list[str] = []
+    assert reproduce(BENCH, rows=rows, out=tmp_path / "par", smoke=True, device="cpu", jobs=2, log=lines.append) == 0, \
+        "\n".join(lines[-30:])
+    par, seq = _table(tmp_path / "par"), _table(out)
+    assert list(par) == list(seq)  # every row of the spec, in its order
+    for rid in rows:
+        assert par[rid]["error"] is None and par[rid]["ours"] == seq[rid]["ours"], rid
+        assert par[rid]["stages"]["eval"]["status"] == "ran", rid
+    assert par["mtt-ipc1"]["stages"]["buffer w32_lr001"]["status"] == "ran"
+    state = json.loads((tmp_path / "par" / "state.json").read_text())
+    assert set(state["rows"]) == set(rows) and set(state["buffers"]) == {"w32_lr001", "w32_lr005"}
+    assert all(par[r].get("skipped") for r in par if r not in rows)
+    assert json.loads((tmp_path / "par" / "table.json").read_text())["jobs"] == 2
+    with pytest.raises(ValueError, match="--jobs"):
+        reproduce(BENCH, out=tmp_path / "x", smoke=True, jobs=0)
+
+
+@pytest.mark.slow
 def test_rerun_with_every_artifact_present_trains_nothing(smoke, monkeypatch):
     out, code, seconds, _ = smoke
     assert code == 0

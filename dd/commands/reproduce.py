@@ -21,6 +21,9 @@ def add_parser(sub, name):
                         "1 evaluation epoch x 1 run): checks the whole pipeline, not the numbers")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto, for every command it runs")
     p.add_argument("--data-root", default=None, help="where the datasets' files are (default: the spec's, else .)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N buffers or rows at once, each in its own process (on a CPU each gets cores / N torch "
+                        "threads; on one GPU they share it); rows start in spec order as their buffers are ready")
     return p
 
 
@@ -30,4 +33,5 @@ def run(args) -> int:
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
     return reproduce(args.spec, rows=rows, out=args.out, dry_run=args.dry_run, smoke=args.smoke, device=args.device,
-                     data_root=args.data_root, command=command_line())
+                     data_root=args.data_root, command=command_line(),
+                     jobs=args.jobs)
