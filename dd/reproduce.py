@@ -819,7 +819,7 @@ def _cells(e: dict, has_paper: bool, has_recorded: bool) -> list[str]:
     protocol = (f"{e['protocol']}, {e['epochs']} ep, {e['runs']} runs, {', '.join(e['archs'])}" if "protocol" in e
                 else ", ".join(e["archs"]))
     if e.get("skipped"):
-        mine = "not run"
+        mine = "not finished yet" if e["skipped"] == "not finished yet" else "not run"
     cells = [e["id"], e["method"], e["dataset"], "all" if e["ipc"] is None else str(e["ipc"]), protocol, mine]
     if has_paper:
         cells += [f"{e['paper']['value']:.1f}" if e["paper"] else "", _signed(e.get("diff_paper"))]

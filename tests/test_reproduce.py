@@ -335,6 +335,13 @@ def test_rows_left_out_are_listed_as_not_run(tmp_path):
     assert table["random-ipc1"]["stages"]["eval"]["status"] == "ran" and "skipped" not in table["random-ipc1"]
     assert all(e.get("skipped") for rid, e in table.items() if rid != "random-ipc1")
     assert "| dm-ipc1 | dm | mnist10k | 1 | convnet-w32 | not run |" in (out / "table.md").read_text()
+    from dd.reproduce import load_spec, render_markdown  # a row a --jobs run has not finished says so
+
+    raw = json.loads((out / "table.json").read_text())
+    entries = [{**e, "skipped": "not finished yet"} if e["id"] == "dm-ipc1" else e for e in raw["rows"]]
+    md = render_markdown(load_spec(BENCH), entries, raw["buffers"], raw)
+    assert "| dm-ipc1 | dm | mnist10k | 1 | convnet-w32 | not finished yet |" in md
+    assert "| dm-ipc10 | dm | mnist10k | 10 | convnet-w32 | not run |" in md
 
 
 def test_a_second_writer_on_the_output_directory_is_refused(tmp_path):
