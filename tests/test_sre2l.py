@@ -57,7 +57,7 @@ def test_bn_statistics_loss_matches_a_hand_computation():
     expected = 10.0 * by_hand(a1, rm, rv) + by_hand(a2, rm, rv)
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     assert torch.allclose(logits, net(x))
-    assert float(bn_distance(a1, torch.tensor(rm).float(), torch.tensor(rv).float())) == pytest.approx(by_hand(a1, rm, rv), rel=1e-5)
+    assert float(bn_distance(a1, torch.tensor(rm).float(), torch.tensor(rv).float()).detach()) == pytest.approx(by_hand(a1, rm, rv), rel=1e-5)
     with pytest.raises(ValueError, match="no BatchNorm layers.*convnet-bn"):
         forward_with_bn_loss(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), x)
 
