@@ -41,6 +41,7 @@ ROW_KEYS = {"id", "method", "dataset", "ipc", "config", "options", "run", "buffe
             "eval", "paper", "recorded", "seed", "notes"}
 EVAL_KEYS = {"protocol", "archs", "epochs", "runs", "options", "baselines", "lr_search"}
 KINDS = ("bench", "paper")
+PENDING = "not finished yet"  # what table.json and table.md say of a selected row a --jobs run is still on
 # run options that only change how often a run saves or what it prints, never its result
 CADENCE = {"checkpoint_minutes", "checkpoint_every", "progress", "wandb", "wandb_project"}
 # --smoke: every row shrunk to seconds (buffers: 1 expert x 1 epoch; distill: 2 iterations, no validation, short inner
@@ -395,10 +396,10 @@ def input_specs(row: Row, ctx: Context) -> tuple[Optional[str], list[str]]:
     return (resolve(buffer) if buffer else None), [resolve(str(t)) for t in teachers]
 
 
-def recipes_of(row: Row) -> list[str]:
-    """The buffer recipes a row needs (its buffer and teachers that name one)."""
+def recipes_of(row: Row, spec: Spec) -> list[str]:
+    """The spec's buffer recipes a row needs (its buffer and the teachers that name one), in order, once each."""
     names = [row.buffer] + [str(t).rpartition("@")[0] or str(t) for t in row.teachers]
-    return [n for n in dict.fromkeys(names) if n]
+    return [n for n in dict.fromkeys(names) if n and n in spec.buffers]
 
 
 def distill_argv(row: Row, ctx: Context, restart: bool = False) -> list[str]:
@@ -595,7 +596,7 @@ def distill_status(row: Row, ctx: Context, state: State) -> tuple[str, str]:
     from dd.methods.driver import CHECKPOINT
 
     kwargs = distill_plan(row, ctx)
-    recipes = [n for n in recipes_of(row) if n in ctx.spec.buffers]
+    recipes = recipes_of(row, ctx.spec)
     if any(buffer_status(n, ctx)[0] != "reuse" for n in recipes):  # a buffer in conflict raises, naming it
         return "run", "after its buffer/teachers are recorded"
     own = {str(ctx.buffer_dir(n)) for n in recipes}
@@ -819,7 +820,7 @@ def _cells(e: dict, has_paper: bool, has_recorded: bool) -> list[str]:
     protocol = (f"{e['protocol']}, {e['epochs']} ep, {e['runs']} runs, {', '.join(e['archs'])}" if "protocol" in e
                 else ", ".join(e["archs"]))
     if e.get("skipped"):
-        mine = "not finished yet" if e["skipped"] == "not finished yet" else "not run"
+        mine = PENDING if e["skipped"] == PENDING else "not run"
     cells = [e["id"], e["method"], e["dataset"], "all" if e["ipc"] is None else str(e["ipc"]), protocol, mine]
     if has_paper:
         cells += [f"{e['paper']['value']:.1f}" if e["paper"] else "", _signed(e.get("diff_paper"))]
@@ -856,8 +857,7 @@ def missing_inputs(rows: list[Row], ctx: Context) -> list[str]:
 
     needs: dict[str, list[str]] = {}
     for row in rows:
-        datasets = [row.dataset] + [ctx.spec.buffers[n].get("dataset", "mnist10k") for n in recipes_of(row)
-                                    if n in ctx.spec.buffers]
+        datasets = [row.dataset] + [ctx.spec.buffers[n].get("dataset", "mnist10k") for n in recipes_of(row, ctx.spec)]
         for name in dict.fromkeys(datasets):
             needs.setdefault(name, []).append(row.id)
     lines = []
@@ -871,7 +871,7 @@ def missing_inputs(rows: list[Row], ctx: Context) -> list[str]:
         if row.baseline:
             continue
         buffer, teachers = input_specs(row, ctx)
-        own = {str(ctx.buffer_dir(n)) for n in recipes_of(row) if n in ctx.spec.buffers}
+        own = {str(ctx.buffer_dir(n)) for n in recipes_of(row, ctx.spec)}
         for spec in [buffer, *teachers]:
             if spec and str(_input_path(spec)) not in own and not _input_present(spec):
                 absent_inputs.setdefault(spec, []).append(row.id)
@@ -946,7 +946,7 @@ def describe(rows: list[Row], ctx: Context) -> int:
         log(f"  {line}")
     state = State(ctx.out / "state.json")
     log("buffers and teachers:")
-    for name in dict.fromkeys(n for r in rows for n in recipes_of(r) if n in ctx.spec.buffers):
+    for name in dict.fromkeys(n for r in rows for n in recipes_of(r, ctx.spec)):
         argv = _buffer_argv(ctx.spec.buffers[name], ctx.buffer_dir(name), f"buffer recipe '{name}'", ctx.smoke)
         log(f"  [{_status_or_conflict(lambda: buffer_status(name, ctx))}] {command_text('buffer', argv)}")
     for row in rows:
@@ -986,14 +986,13 @@ def _status_or_conflict(check: Callable[[], tuple[str, str]]) -> str:
     return f"{status}: {why}"
 
 
-def _run_row(row: Row, ctx: Context, state: State, buffers: dict[str, dict]) -> tuple[dict, dict]:
-    """Distill (unless a baseline) and eval of one row whose buffers are recorded (`buffers`: their records);
-    (stages, result)."""
-    stages = {f"buffer {name}": buffers[name] for name in recipes_of(row) if name in ctx.spec.buffers}
+def _run_row(row: Row, ctx: Context, state: State, stages: dict) -> dict:
+    """Distill (unless a baseline) and eval of one row whose buffers are recorded, each stage's record added to
+    `stages` as it finishes (a failure leaves the ones done); the row's result."""
     if not row.baseline:
         stages["distill"] = ensure_distill(row, ctx, state)
     stages["eval"] = ensure_eval(row, ctx, state)
-    return stages, row_result(row, ctx)
+    return row_result(row, ctx)
 
 
 def _run_rows(rows: list[Row], ctx: Context, command: str, jobs: int = 1) -> int:
@@ -1015,7 +1014,7 @@ def _run_rows(rows: list[Row], ctx: Context, command: str, jobs: int = 1) -> int
             if row.id in finished:
                 out.append(finished[row.id])
             elif row.id in selected:
-                out.append({**table_entry(row, ctx, {}, None, None), "skipped": "not finished yet"})
+                out.append({**table_entry(row, ctx, {}, None, None), "skipped": PENDING})
             else:
                 out.append(_existing_entry(row, ctx, state))
         return out
@@ -1033,10 +1032,11 @@ def _run_rows(rows: list[Row], ctx: Context, command: str, jobs: int = 1) -> int
         for row in rows:
             stages, result, error = {}, None, None
             try:
-                for name in recipes_of(row):
-                    if name in ctx.spec.buffers and name not in buffers:
+                for name in recipes_of(row, ctx.spec):
+                    if name not in buffers:
                         buffers[name] = ensure_buffer(name, ctx, state)
-                stages, result = _run_row(row, ctx, state, buffers)
+                    stages[f"buffer {name}"] = buffers[name]
+                result = _run_row(row, ctx, state, stages)
             except Exception as e:  # noqa: BLE001 - one row's failure is reported; the others still run
                 error = f"{type(e).__name__}: {e}"
             done(row, stages, result, error)
@@ -1066,7 +1066,7 @@ def _run_parallel(rows: list[Row], ctx: Context, jobs: int, buffers: dict[str, d
 
     def next_job() -> Optional[tuple[str, str, Optional[Row]]]:
         for row in waiting:
-            needs = [n for n in recipes_of(row) if n in ctx.spec.buffers]
+            needs = recipes_of(row, ctx.spec)
             broken = [n for n in needs if n in failed_buffers]
             if broken:
                 return "failed", broken[0], row
@@ -1099,27 +1099,26 @@ def _run_parallel(rows: list[Row], ctx: Context, jobs: int, buffers: dict[str, d
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 kind, name, row = running.pop(future)
+                if kind == "buffer":
+                    try:
+                        buffers[name] = future.result()
+                    except Exception as e:  # noqa: BLE001 - the rows needing it are reported; the others go on
+                        failed_buffers[name] = f"{type(e).__name__}: {e}"
+                        ctx.log(f"[buffer {name}] failed: {failed_buffers[name]}")
+                    continue
+                stages, result, error = {f"buffer {n}": buffers[n] for n in recipes_of(row, ctx.spec)}, None, None
                 try:
-                    value = future.result()
+                    row_stages, result = future.result()
+                    stages.update(row_stages)
                 except Exception as e:  # noqa: BLE001 - reported in the table; the other jobs go on
                     error = f"{type(e).__name__}: {e}"
-                    if kind == "buffer":
-                        failed_buffers[name] = error
-                        ctx.log(f"[buffer {name}] failed: {error}")
-                    else:
-                        done(row, {}, None, error)
-                    continue
-                if kind == "buffer":
-                    buffers[name] = value
-                else:
-                    stages, result = value
-                    stages.update({f"buffer {n}": buffers[n] for n in recipes_of(row) if n in buffers})
-                    done(row, stages, result, None)
+                done(row, stages, result, error)
 
 
 def _job(kind: str, name: str, spec_path: str, out: str, smoke: bool, device: str, data_root: Optional[str],
          threads: int):
-    """One job of _run_parallel, in its worker process: a buffer recipe's record, or a row's (stages, result)."""
+    """One job of _run_parallel, in its worker process: a buffer recipe's record, or a row's (distill and eval
+    stages, result); the parent adds the buffer stages from its own records."""
     import torch
 
     torch.set_num_threads(threads)
@@ -1129,5 +1128,6 @@ def _job(kind: str, name: str, spec_path: str, out: str, smoke: bool, device: st
     if kind == "buffer":
         return ensure_buffer(name, ctx, state)
     row = next(r for r in spec.rows if r.id == name)
-    buffers = {n: {**(state.get("buffers", n) or {}), "status": "reused"} for n in recipes_of(row) if n in spec.buffers}
-    return _run_row(row, ctx, state, buffers)
+    stages: dict = {}
+    result = _run_row(row, ctx, state, stages)
+    return stages, result
