@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from dd.utils import atomic_write_json, atomic_write_text, to_jsonable
+from dd.utils import atomic_write_json, atomic_write_text, dict_diff, safetensors_header, sha256_json, to_jsonable
 
 BASELINE_ROWS = {"random": "random-real", "full": "full"}  # row methods that only evaluate -> their report row names
 SPEC_KEYS = {"title", "kind", "notes", "seed", "data_root", "eval", "buffers", "rows"}
@@ -479,7 +479,7 @@ class State:
 
 def buffer_status(name: str, ctx: Context) -> tuple[str, str]:
     """('reuse' | 'resume' | 'run', why) for a buffer recipe; a directory recorded with another config raises."""
-    from dd.buffers.recorder import config_diff, config_sha256
+    from dd.buffers.recorder import config_sha256
     from dd.buffers.store import MANIFEST
     from dd.cli import command_parser
     from dd.commands.buffer import buffer_config
@@ -492,7 +492,7 @@ def buffer_status(name: str, ctx: Context) -> tuple[str, str]:
         return "run", "not recorded yet"
     have = json.loads(manifest.read_text())
     if have.get("config_sha256") != config_sha256(want):
-        diff = config_diff(have.get("config", {}), to_jsonable(want.to_dict()))
+        diff = dict_diff(have.get("config", {}), to_jsonable(want.to_dict()))
         raise RuntimeError(f"buffer '{out}' was recorded with other settings than recipe '{name}' "
                            f"({'; '.join(diff)}); delete that directory to record it again, or give the recipe "
                            "another name")
@@ -543,15 +543,7 @@ def wanted_run(kwargs: dict) -> dict:
 
 def set_header(path: Path) -> Optional[dict]:
     """A synthetic set's safetensors header (its JSON metadata and tensor digests) without reading the tensors."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:
-        return None
+    return safetensors_header(path) if path.is_file() else None
 
 
 def set_fingerprint(path: Path) -> Optional[str]:
@@ -563,7 +555,7 @@ def set_fingerprint(path: Path) -> Optional[str]:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(to_jsonable(obj), sort_keys=True).encode()).hexdigest()
+    return sha256_json(obj)
 
 
 def distill_complete(out: Path, identity: dict, run: dict) -> bool:
@@ -582,11 +574,8 @@ def distill_complete(out: Path, identity: dict, run: dict) -> bool:
 
 def checkpoint_identity(path: Path) -> Optional[dict]:
     """The identity a distill checkpoint was written for (None when unreadable)."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return json.loads((f.metadata() or {})["identity"])
+        return json.loads(safetensors_header(path)["identity"])
     except Exception:
         return None
 

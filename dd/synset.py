@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from dd.utils import atomic_write_bytes, to_jsonable, versions
+from dd.utils import atomic_write_bytes, read_safetensors, to_jsonable, versions
 from dd.data.base import base_name
 
 FORMAT = "dd.synset/1"
@@ -122,17 +122,13 @@ class SyntheticSet:
     @classmethod
     def load(cls, path: str | os.PathLike, device="cpu") -> "SyntheticSet":
         """Loads and verifies a file written by `save`; corrupted or foreign files raise SyntheticSetError."""
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.exists():
             raise SyntheticSetError(f"no synthetic set at '{path}'")
         if path.suffix == ".pt":
             return import_pt(path, device=device)
         try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            header, tensors = read_safetensors(path)
         except Exception as e:
             raise SyntheticSetError(f"'{path}' is not a readable safetensors file ({e}); it may be truncated or "
                                     "corrupted: re-create it or restore it from a copy") from e

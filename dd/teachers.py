@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from dd.utils import sha256_bytes, sha256_file
+from dd.utils import read_safetensors, sha256_bytes, sha256_file
 from dd.data.base import base_name
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
@@ -126,12 +126,8 @@ def _from_file(spec: str, path: Path, teacher_model: Optional[str]) -> TeacherSo
     digest = sha256_file(path)
     meta: dict = {}
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-                state = {k: f.get_tensor(k) for k in f.keys()}
+            meta, state = read_safetensors(path)
         except Exception as e:
             raise ValueError(f"teacher '{spec}' is not a readable safetensors file ({e})") from e
     else:

@@ -1,15 +1,16 @@
-"""Small shared helpers: devices, seeding, atomic writes, version stamps."""
+"""Small shared helpers: devices, seeding, atomic writes, version stamps, digests, diffs, file headers."""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import numbers
 import os
 import platform
 import random
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -133,3 +134,43 @@ def check_ipc(ipc: Any, option: str = "--ipc") -> int:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """sha256 of `obj` as sorted-key JSON (Paths and devices as strings): the digest of a config or a settings dict."""
+    return sha256_bytes(json.dumps(to_jsonable(obj), sort_keys=True).encode())
+
+
+def cosine_decay(step: float, total: float) -> float:
+    """0.5 (1 + cos(pi step / total)): 1 at step 0, 0 at `total`, the factor of every cosine schedule (lr, crop)."""
+    return 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def dict_diff(old: dict, new: dict, was: str = "recorded", prefix: str = "") -> list[str]:
+    """'key: {was} OLD, now NEW' for every key whose value differs (nested dicts by dotted key), sorted by key: what
+    an error says when an output directory holds another run's or another configuration's files."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += dict_diff(a, b, was, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {was} {a!r}, now {b!r}")
+    return out
+
+
+def safetensors_header(path: str | os.PathLike) -> Optional[dict]:
+    """A safetensors file's string metadata without reading its tensors; None when it is absent or unreadable."""
+    try:
+        return read_safetensors(path, tensors=False)[0]
+    except Exception:
+        return None
+
+
+def read_safetensors(path: str | os.PathLike, tensors: bool = True) -> tuple[dict, dict]:
+    """(metadata, {name: tensor}) of a safetensors file on the CPU; raises what safetensors raises on a bad file
+    (callers say which artifact it was). tensors=False reads the header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return dict(f.metadata() or {}), ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})

@@ -55,7 +55,7 @@ def test_optimizer_state_round_trip_continues_exactly():
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     run = RunConfig(iterations=2, eval_every=0, eval_runs=0, checkpoint_every=1, progress=False)
     distill("dm", "digits", 1, out=tmp_path, config={"model": "convnet-d2", "batch_real": 8}, run=run)
-    with pytest.raises(ValueError, match=r"different run.*batch_real: checkpoint 8 vs now 16"):
+    with pytest.raises(ValueError, match=r"different run.*batch_real: checkpoint 8, now 16"):
         distill("dm", "digits", 1, out=tmp_path, config={"model": "convnet-d2", "batch_real": 16}, run=run)
 
 

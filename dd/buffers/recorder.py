@@ -19,20 +19,15 @@ from dd.buffers.store import FORMAT, MANIFEST, buffer_key, param_key, shard_name
 from dd.data import ImageDataset, base_name, load_dataset
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
-from dd.utils import atomic_write_bytes, atomic_write_json, resolve_device, sha256_file, to_jsonable, versions
+from dd.utils import (atomic_write_bytes, atomic_write_json, dict_diff, resolve_device, safetensors_header, sha256_file,
+                      sha256_json, to_jsonable, versions)
 
 SHARD_FORMAT = "dd-trajectory-shard/1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def config_sha256(cfg: BufferConfig) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(to_jsonable(cfg.to_dict()), sort_keys=True).encode()).hexdigest()
-
-
-def config_diff(old: dict, new: dict) -> list[str]:
-    return [f"{k}: recorded {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return sha256_json(cfg.to_dict())
 
 
 def _build(cfg: BufferConfig, ds: ImageDataset):
@@ -111,11 +106,10 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], cfg: BufferConfig,
 
 def read_shard_header(path: Path) -> Optional[dict]:
     """The shard's metadata, or None when the file is unreadable (a torn or foreign file)."""
-    from safetensors import safe_open
-
+    meta = safetensors_header(path)
+    if meta is None:
+        return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
         # (shards of the first release kept the fields as separate metadata keys)
         return json.loads(meta["dd"]) if "dd" in meta else (meta if meta.get("format") == SHARD_FORMAT else None)
     except Exception:
@@ -205,7 +199,7 @@ def _record(cfg: BufferConfig, out: Path, ctx: ProcessGroup, data_root: str | No
             old = json.loads(mpath.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"'{mpath}' is unreadable ({e}); use another --out or delete it") from e
-        diff = config_diff(old.get("config", {}), to_jsonable(cfg.to_dict()))
+        diff = dict_diff(old.get("config", {}), to_jsonable(cfg.to_dict()))
         if diff:
             raise ValueError(f"'{out}' holds a buffer recorded with another configuration; differences: "
                              f"{'; '.join(diff)}. Use another --out, or the same options to resume")

@@ -1,7 +1,6 @@
 """Trains one fresh network on given images/labels under a Protocol and returns its final test accuracy."""
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Optional
 
@@ -12,20 +11,10 @@ from tqdm.auto import tqdm
 
 from dd.augment.dsa import DSA, DSAParams
 from dd.eval.labels import teacher_forward
+from dd.eval.losses import distillation_loss, soft_cross_entropy
 from dd.eval.protocol import Protocol
+from dd.utils import cosine_decay
 from dd.eval.views import apply_views, draw_views, epoch_generator, views_of
-
-
-def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-    """mean_i( -sum_k p_ik log softmax(z_i)_k )."""
-    return -(target_probs * F.log_softmax(logits, dim=1)).sum(1).mean()
-
-
-def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(softmax(t/T) || softmax(s/T)) * T^2 (Hinton et al.)."""
-    t = temperature
-    return F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1), reduction="batchmean",
-                    log_target=True) * t * t
 
 
 @torch.no_grad()
@@ -92,7 +81,7 @@ def make_optimizer(model: nn.Module, protocol: Protocol, lr: float) -> torch.opt
 def lr_at(protocol: Protocol, lr: float, epoch: int) -> float:
     """The protocol's lr in `epoch`: step decay at lr_decay_at of the epochs, or a per-epoch cosine to zero."""
     if protocol.schedule == "cosine":
-        return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / (protocol.epochs * protocol.cosine_eta)))
+        return lr * cosine_decay(epoch, protocol.epochs * protocol.cosine_eta)
     decay_epoch = int(protocol.epochs * protocol.lr_decay_at)
     return lr * protocol.lr_decay if (epoch >= decay_epoch and decay_epoch > 0) else lr
 

@@ -24,7 +24,8 @@ from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, che
                              config_from_dict)
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
-from dd.utils import atomic_write_bytes, atomic_write_text, check_ipc, resolve_device, to_jsonable, versions
+from dd.utils import (atomic_write_bytes, atomic_write_text, check_ipc, dict_diff, read_safetensors, resolve_device,
+                      to_jsonable, versions)
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -59,28 +60,29 @@ class DistillResult:
     history: list = field(default_factory=list)
 
 
-def _identity(method: str, dataset: str, ipc: int, seed: int, method_cfg: dict, run: RunConfig, inputs: Inputs,
-              world: int = 1, image_size: Optional[list] = None) -> dict:
-    """What must match for a checkpoint to be resumed (cadence and iteration count may change); `image_size` only
-    for datasets read at a chosen resolution (image trees), so other checkpoints keep their identity."""
+def identity(cls: type, mcfg, inputs: Inputs, dataset: str | ImageDataset, ipc: int, seed: int, run: RunConfig, *,
+             world: int = 1, data_options: Optional[dict] = None) -> dict:
+    """What must match for a checkpoint to be resumed (cadence and iteration count may change): the one function
+    behind `distill` (a loaded dataset: its name and size) and `run_identity` (a name, unread: its size from the
+    data options). `image_size` only for datasets read at a chosen resolution (image trees), so other checkpoints
+    keep their identity."""
+    from dd.data import resolution
+
+    if isinstance(dataset, ImageDataset):
+        name = dataset.name
+        image_size = list(dataset.image_size) if resolution(base_name(name)) is not None else None
+    else:
+        name = base_name(dataset)
+        name = name if ":" in name else name.lower()  # folder:PATH and module:callable keep their case
+        res = resolution(name, data_options)
+        image_size = [res, res] if res is not None else None
     keep = {"val_fraction", "val_epochs", "val_runs"}
     hashes = inputs.hashes()
-    return to_jsonable({"method": method, "dataset": dataset, "ipc": ipc, "seed": seed, "config": method_cfg,
+    return to_jsonable({"method": cls.name, "dataset": name, "ipc": ipc, "seed": seed, "config": asdict(mcfg),
                         "run": {k: v for k, v in asdict(run).items() if k in keep}, "inputs": hashes,
                         "buffer_sha256": hashes["buffers"][0]["sha256"] if hashes["buffers"] else None,
                         **({"processes": world} if world > 1 else {}),
-                        **({"image_size": list(image_size)} if image_size is not None else {})})
-
-
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: checkpoint {va!r} vs now {vb!r}")
-    return out
+                        **({"image_size": image_size} if image_size is not None else {})})
 
 
 def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None,
@@ -149,15 +151,11 @@ def run_identity(method: str, dataset: str, ipc: int, *, buffer: str | Path | No
     """The identity a one-process `distill` with these arguments writes to OUT/config.json and its checkpoint
     (what must match for a resume), computed without reading the data: `ddtk reproduce` compares it with an
     existing output directory to decide between reusing, resuming and starting over."""
-    from dd.data import resolution
-
     name = base_name(dataset)
     name = name if ":" in name else name.lower()  # folder:PATH and module:callable keep their case
     cls, mcfg, inputs = resolve(method, name, ipc, config, buffers=[buffer, *buffers], teachers=teachers,
                                 teacher_model=teacher_model, verify="lazy")  # the identity holds manifest hashes only
-    res = resolution(name, data_options)
-    return _identity(cls.name, name, ipc, seed, asdict(mcfg), run_config(run), inputs,
-                     image_size=[res, res] if res is not None else None)
+    return identity(cls, mcfg, inputs, name, ipc, seed, run_config(run), data_options=data_options)
 
 
 def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
@@ -211,13 +209,14 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
             cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=[buffer, *buffers],
                                               teachers=teachers, teacher_model=teacher_model, data_root=data_root,
                                               data_options=data_options)
-            return _distill(cls, mcfg, inputs, full, ipc, out, run, group, seed, resume)
+            ident = identity(cls, mcfg, inputs, full, ipc, seed, run, world=group.world)
+            return _distill(cls, mcfg, inputs, full, ipc, out, run, group, seed, resume, ident)
     finally:
         group.close()
 
 
 def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: RunConfig, group: ProcessGroup, seed: int,
-             resume: bool) -> DistillResult:
+             resume: bool, identity: dict) -> DistillResult:
     if group.world > 1 and not cls.shardable:
         raise ValueError(f"method '{cls.name}' does not split its work across processes; run it without torchrun")
     dev = group.local_device()
@@ -225,10 +224,6 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
     train, val = full.split_validation(run.val_fraction, seed=0) if validate else (full, None)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    from dd.data import resolution
-
-    sized = list(full.image_size) if resolution(base_name(full.name)) is not None else None
-    identity = _identity(cls.name, full.name, ipc, seed, asdict(mcfg), run, inputs, group.world, sized)
     m: Method = cls(mcfg, train, ipc, dev, g, inputs, group)
     m.init_synset()
     main = group.is_main
@@ -344,16 +339,12 @@ def _save_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict, 
 
 
 def _load_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict):
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata()
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        header, tensors = read_safetensors(path)
     except Exception as e:
         raise RuntimeError(f"checkpoint '{path}' is unreadable ({e}); delete it to start over") from e
     saved = json.loads(header["identity"])
-    diff = _diff(saved, identity)
+    diff = dict_diff(saved, identity, "checkpoint")
     if diff:
         raise ValueError(f"'{path.parent}' holds a checkpoint of a different run; differences: {'; '.join(diff)}. "
                          "Use another --out, or delete the checkpoint to start over")

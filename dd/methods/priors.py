@@ -11,14 +11,13 @@ depends on (the member's hash, the dataset, the mode and its settings); callable
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from dd.utils import atomic_write_json, to_jsonable, versions
+from dd.utils import atomic_write_json, sha256_json, to_jsonable, versions
 from dd.data.base import base_name
 
 
@@ -51,7 +50,7 @@ def member_priors(sources, dataset, config, device, protocol) -> list[dict]:
     out = []
     for src in sources:
         settings = prior_settings(src, dataset, config, protocol)
-        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        key = sha256_json(settings)
         path = cache_path(src)
         cache = json.loads(path.read_text()) if path is not None and path.exists() else {}
         if key in cache:

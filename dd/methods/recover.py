@@ -7,12 +7,11 @@ biased variance of the input of BatchNorm layer l over the batch and spatial pos
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from dd.eval.views import crop_flip, draw_crops
+from dd.utils import cosine_decay
 
 SCHEDULES = ("cosine", "linear", "step")
 
@@ -71,12 +70,12 @@ def crop_scale_min(iteration: int, iterations: int, schedule: str = "cosine", mi
         return start
     if schedule == "linear":
         return end + (start - end) * (1.0 - iteration / span)
-    return end + (start - end) * (1.0 + math.cos(math.pi * iteration / span)) / 2.0
+    return end + (start - end) * cosine_decay(iteration, span)
 
 
 def cosine_lr(base: float, iteration: int, iterations: int) -> float:
     """0.5 (1 + cos(pi t / T)) * base, no warm-up (the recover scripts' schedule)."""
-    return 0.5 * (1.0 + math.cos(math.pi * iteration / iterations)) * base
+    return cosine_decay(iteration, iterations) * base
 
 
 def recover_view(x: torch.Tensor, g: torch.Generator, *, scale_min: float | None, flip: bool, jitter: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from dd.augment.dsa import DSA, apply as dsa_apply, draw as dsa_draw
+from dd.eval.losses import soft_cross_entropy
 from dd.models.layout import ParamLayout
 
 
@@ -101,11 +102,6 @@ def draw_plans(num_images: int, steps: int, batch: Optional[int], dsa: Optional[
     return plans
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against target distributions (rows of `targets` sum to one)."""
-    return -(targets * F.log_softmax(logits, dim=1)).sum(1).mean()
-
-
 def inner_loss(model: nn.Module, layout: ParamLayout, flat: torch.Tensor, images: torch.Tensor,
                labels: torch.Tensor, plan: StepPlan, balanced: bool = False) -> torch.Tensor:
     """The student's training loss on one (augmented) minibatch; soft labels are logits (softmax targets).
@@ -118,7 +114,7 @@ def inner_loss(model: nn.Module, layout: ParamLayout, flat: torch.Tensor, images
     params = layout.unflatten(flat)
     logits = functional_call(model, params, (x,)) if isinstance(model, nn.Module) else model(params, x)
     if y.ndim == 2:
-        per = -(F.softmax(y, dim=1) * F.log_softmax(logits, dim=1)).sum(1)
+        per = soft_cross_entropy(logits, F.softmax(y, dim=1), reduction="none")
         cls = y.argmax(1)
     else:
         per = F.cross_entropy(logits, y, reduction="none")
