@@ -50,3 +50,18 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+
+def import_callable(spec: str, kind: str, expected: str) -> Callable:
+    """`package.module:callable` -> that callable (the user's model, dataset, teacher or protocol); a spec that cannot
+    be imported is a KeyError naming the `kind`, the spec and `expected` (what the callable must be)."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise KeyError(f"cannot load {kind} '{spec}': {e}; {expected}") from e
+    if not callable(fn):
+        raise KeyError(f"{kind} '{spec}' is a {type(fn).__name__}, not a callable; {expected}")
+    return fn

@@ -14,7 +14,6 @@ A spec is one of
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from dd.registry import import_callable
 from dd.utils import read_safetensors, sha256_bytes, sha256_file
 from dd.data.base import base_name
 
@@ -177,11 +177,7 @@ def _state_dict_of(obj, spec: str) -> tuple[dict, dict]:
 
 
 def _from_callable(spec: str) -> TeacherSource:
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise KeyError(f"cannot load teacher '{spec}': {e}; expected 'package.module:callable' returning an nn.Module") from e
+    fn = import_callable(spec, "teacher", "expected 'package.module:callable' returning an nn.Module")
     model = fn()
     if not isinstance(model, nn.Module):
         raise ValueError(f"teacher '{spec}' returned a {type(model).__name__}, not an nn.Module")

@@ -3,15 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from dd.data import DATASETS, DatasetNotFoundError, load_dataset, missing_files
+from dd.data import DATASETS, DatasetEntry, DatasetNotFoundError, load_dataset, missing_files
 from dd.data.folders import SUBSETS
-from dd.data.registry import FILES
 
 FILE_DATASETS = [n for n in DATASETS.names() if n not in ("mnist10k", "digits")]
 
 
 def test_every_registered_dataset_has_a_check():
-    assert set(DATASETS.names()) <= set(FILES)
+    assert all(DATASETS.get(n).missing is not None for n in DATASETS.names())
 
 
 @pytest.mark.parametrize("name", FILE_DATASETS)
@@ -60,7 +59,7 @@ def test_a_dataset_registered_without_a_check_is_tried_once(monkeypatch):
         calls.append(root)
         raise DatasetNotFoundError(f"missing {Path(root) / 'mine'}")
 
-    monkeypatch.setitem(DATASETS._items, "user-set", loader)
+    monkeypatch.setitem(DATASETS._items, "user-set", DatasetEntry("user-set", loader))
     assert missing_files("user-set", "/nowhere") == ["missing /nowhere/mine"]
     assert calls == ["/nowhere"]
 
@@ -68,3 +67,57 @@ def test_a_dataset_registered_without_a_check_is_tried_once(monkeypatch):
 def test_an_unknown_dataset_is_a_key_error():
     with pytest.raises(KeyError, match="unknown dataset"):
         missing_files("no-such-set")
+
+
+USER_DATASET = '''
+from pathlib import Path
+
+import numpy as np
+from dd.data import DatasetNotFoundError, ImageDataset, register_dataset
+
+def _absent(root):
+    return [p for p in (root / "ticks" / "train.npy", root / "ticks" / "test.npy") if not p.exists()]
+
+@register_dataset("ticks", help="stripes saved as .npy under ROOT/ticks", options={"res": 6, "flip": False},
+                  missing=_absent)
+def ticks(root=None, res=6, flip=False):
+    base = Path(root or ".") / "ticks"
+    if not (base / "train.npy").exists():
+        raise DatasetNotFoundError(f"missing {base / 'train.npy'}")
+    x = np.load(base / "train.npy")[:, :, :res, :res]
+    y = np.arange(len(x)) % 2
+    return ImageDataset.from_uint8("ticks", x, y, x[:4], y[:4], mean=(0.5,), std=(0.25,), class_names=["a", "b"])
+'''
+
+
+def test_a_dataset_registered_outside_dd_declares_its_options_and_files_check(tmp_path, monkeypatch):
+    """One decorated loader in a user module: its declared options reach it, undeclared ones are refused by name,
+    its `res` default is the dataset's resolution, and missing_files asks its check (nothing is loaded)."""
+    import numpy as np
+
+    from dd.data import resolution
+
+    (tmp_path / "ticks_mod.py").write_text(USER_DATASET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ticks_mod  # noqa: F401  (registers 'ticks')
+
+    try:
+        root = tmp_path / "data"
+        assert missing_files("ticks", str(root)) == [str(root / "ticks" / "train.npy"), str(root / "ticks" / "test.npy")]
+        assert missing_files("ticks_mod:ticks", str(root)) == missing_files("ticks", str(root))  # same entry
+        (root / "ticks").mkdir(parents=True)
+        x = np.zeros((8, 1, 6, 6), dtype=np.uint8)
+        x[:, :, ::2] = 255
+        np.save(root / "ticks" / "train.npy", x)
+        assert missing_files("ticks", str(root)) == [str(root / "ticks" / "test.npy")]
+        assert load_dataset("ticks", root=str(root)).image_size == (6, 6)
+        assert load_dataset("ticks", root=str(root), res=4).image_size == (4, 4)  # a declared option reaches it
+        assert resolution("ticks") == 6 and resolution("ticks", {"res": 3}) == 3
+        with pytest.raises(ValueError, match="dataset 'ticks' does not take --file-backed-above"):
+            load_dataset("ticks", root=str(root), file_backed_above_mib=1)
+        with pytest.raises(ValueError, match=r"dataset 'ticks' takes no option 'colour'; it takes: flip, res"):
+            load_dataset("ticks", root=str(root), colour=1)
+        assert "ticks" in DATASETS.names() and DATASETS.help("ticks").startswith("stripes")
+    finally:
+        DATASETS._items.pop("ticks", None)
+        DATASETS._help.pop("ticks", None)

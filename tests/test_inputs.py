@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 
 from dd.buffers import record_buffer
 from dd.buffers.config import BufferConfig
-from dd.data import DATASETS, load_dataset
+from dd.data import DATASETS, load_dataset, register_dataset
 from dd.methods import build_method, prepare
 from dd.methods.trajectory_presets import MTT_TABLE
 from dd.models import build_model
@@ -17,12 +17,12 @@ from dd.teachers import open_teacher
 @pytest.fixture(scope="module")
 def presetted(tmp_path_factory):
     """A registered dataset 'digits-zca' whose MTT preset says zca=True and model convnet-d1, and its ZCA buffer."""
-    def loader(root=None, **_):
+    @register_dataset("digits-zca", help="digits under another name, for preset tests")
+    def loader(root=None):
         ds = load_dataset("digits")
         ds.name = "digits-zca"
         return ds
 
-    DATASETS.add("digits-zca", loader, "digits under another name, for preset tests")
     MTT_TABLE[("digits-zca", 1)] = dict(syn_steps=2, expert_epochs=1, max_start_epoch=0, zca=True, batch_syn=None,
                                          lr_img=10.0, lr_lr=1e-6, lr_teacher=0.01, model="convnet-d1")
     path = tmp_path_factory.mktemp("buf") / "zca"

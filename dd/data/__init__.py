@@ -7,18 +7,17 @@ uint8 and normalized per batch; large image trees are file-backed (see dd.data.s
 """
 from __future__ import annotations
 
-import importlib
-import inspect
 from typing import Callable
 
 from dd.data.base import (BadImageError, DatasetNotFoundError, ImageDataset, RealImages, base_name,
                           stratified_split)
-from dd.data.registry import DATASETS, FILES
+from dd.data.registry import DATASETS, DatasetEntry, register_dataset
+from dd.registry import import_callable
 from dd.data.sources import FileImages, ImageSource, TensorImages, Uint8Images
 from dd.data import embedded as _embedded  # noqa: F401  (registers mnist10k, digits)
 from dd.data import folders as _folders  # noqa: F401  (tinyimagenet, imagenet and MTT's subsets)
 from dd.data import torchvision_formats as _tv  # noqa: F401  (mnist, fashion-mnist, svhn, cifar10, cifar100)
-from dd.data.folders import FOLDER_PREFIX, folder_dataset, folder_missing
+from dd.data.folders import FOLDER_PREFIX, folder_dataset, folder_entry
 
 DEFAULT_DATASET = "mnist10k"
 
@@ -32,69 +31,47 @@ DATA_OPTIONS = {
 }
 
 
-def dataset_loader(name: str) -> Callable[..., ImageDataset]:
-    """The loader behind a dataset name: a registered name, `folder:PATH`, or `package.module:callable`."""
+def dataset_entry(name: str) -> DatasetEntry:
+    """The entry behind a dataset name: a registered name, `folder:PATH`, or `package.module:callable` (a callable the
+    user's module registered with @register_dataset brings its entry; an undecorated one gets one from its signature)."""
     if name.startswith(FOLDER_PREFIX):
-        def load(root=None, **kwargs):
-            return folder_dataset(name, root=root, **kwargs)
-
-        load.__signature__ = inspect.signature(folder_dataset).replace(  # type: ignore[attr-defined]
-            parameters=list(inspect.signature(folder_dataset).parameters.values())[1:])
-        return load
+        return folder_entry(name)
     if ":" in name:
-        return _user_loader(name)
+        return _user_entry(name)
     return DATASETS.get(name)
 
 
-def _user_loader(spec: str) -> Callable[..., ImageDataset]:
-    """`package.module:callable` -> the user's callable (it returns an ImageDataset; see load_dataset)."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise KeyError(f"cannot load user dataset '{spec}': {e}; expected 'package.module:callable' returning a "
-                       "dd.data.ImageDataset (e.g. ImageDataset.from_uint8(...)), or a registered name "
-                       "(see `ddtk datasets`), or folder:PATH") from e
-    if not callable(fn):
-        raise KeyError(f"user dataset '{spec}' is a {type(fn).__name__}, not a callable returning an ImageDataset")
-    return fn
+def dataset_loader(name: str) -> Callable[..., ImageDataset]:
+    """The loader behind a dataset name (see dataset_entry)."""
+    return dataset_entry(name).loader
 
 
-def _accepts(fn: Callable, key: str) -> bool:
-    """Does the loader declare `key` (or take **kwargs, for a user's loader)?"""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return True
-    return key in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _declares(fn: Callable, key: str) -> bool:
-    """Does the loader name `key` as a parameter (registered loaders swallow unknown options with **_)?"""
-    try:
-        return key in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+def _user_entry(spec: str) -> DatasetEntry:
+    """`package.module:callable` -> the entry of the user's callable (it returns an ImageDataset; see load_dataset)."""
+    fn = import_callable(spec, "user dataset", "expected 'package.module:callable' returning a dd.data.ImageDataset "
+                                               "(e.g. ImageDataset.from_uint8(...)), or a registered name (see "
+                                               "`ddtk datasets`), or folder:PATH")
+    entry = getattr(fn, "dataset_entry", None)
+    return entry if isinstance(entry, DatasetEntry) else DatasetEntry.from_callable(spec, fn)
 
 
 def takes_option(name: str, key: str) -> bool:
-    """Does dataset `name`'s loader name the data option `key` as a parameter (e.g. 'res')? Used to pass a set's
-    resolution back and to know which datasets are read at a chosen resolution."""
+    """Does dataset `name` declare the data option `key` (e.g. 'res')? Used to pass a set's resolution back and to
+    know which datasets are read at a chosen resolution."""
     try:
-        fn = dataset_loader(name)
+        return dataset_entry(name).declares(key)
     except KeyError:
         return False
-    return _declares(fn, key)
 
 
 def resolution(name: str, options: dict | None = None) -> int | None:
-    """The side dataset `name` is read at when its loader takes `res`: options['res'], else the loader's default;
-    None for datasets of a fixed size. Known without reading any data (a run's identity records it)."""
+    """The side dataset `name` is read at when it takes `res`: options['res'], else its declared default; None for
+    datasets of a fixed size. Known without reading any data (a run's identity records it)."""
     if not takes_option(name, "res"):
         return None
     if options and options.get("res") is not None:
         return int(options["res"])
-    default = inspect.signature(dataset_loader(name)).parameters["res"].default
+    default = dataset_entry(name).default("res")
     return int(default) if isinstance(default, int) and not isinstance(default, bool) else None
 
 
@@ -106,22 +83,25 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | None = None, zca: bool
     A user's `package.module:callable` is called with root= (when it takes it) and kwargs, and must return an
     ImageDataset; the dataset is renamed to the spec so sets and buffers made from it can load it again.
     """
-    fn = dataset_loader(name)
+    entry = dataset_entry(name)
     is_user = ":" in name and not name.startswith(FOLDER_PREFIX)
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     for key, value in kwargs.items():
-        if key in DATA_OPTIONS and value is not None and not (_accepts(fn, key) if is_user else _declares(fn, key)):
+        if entry.takes(key):
+            continue
+        if key in DATA_OPTIONS:
             raise ValueError(f"dataset '{name}' does not take {DATA_OPTIONS[key]} ({key}={value!r}): it applies to "
                              "image-folder datasets (imagenet, its subsets, tinyimagenet's storage options, folder:PATH)")
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        raise ValueError(f"dataset '{name}' takes no option {key!r}; it takes: {', '.join(sorted(entry.options)) or 'none'}")
     if is_user:
-        ds = fn(**({"root": root} if root is not None and _accepts(fn, "root") else {}), **kwargs)
+        ds = entry.loader(**({"root": root} if root is not None and entry.takes_root else {}), **kwargs)
         if not isinstance(ds, ImageDataset):
             raise ValueError(f"user dataset '{name}' returned a {type(ds).__name__}, expected a dd.data.ImageDataset "
                              "(build one with ImageDataset.from_uint8(...) or ImageDataset(...))")
         ds.info.setdefault("user_name", ds.name)
         ds.name = name
     else:
-        ds = fn(root=root, **kwargs)
+        ds = entry.loader(root=root, **kwargs)
     if zca:
         from dd.data.zca import apply_zca
 
@@ -138,12 +118,9 @@ def missing_files(name: str, root: str | None = None) -> list[str]:
     """
     from pathlib import Path
 
-    if name.startswith(FOLDER_PREFIX):
-        return [str(p) for p in folder_missing(name, root)]
-    dataset_loader(name)  # KeyError naming the known datasets (or the user module that cannot be imported)
-    check = FILES.get(name.lower())
-    if check is not None:
-        return [str(p) for p in check(Path(root if root is not None else ".").expanduser())]
+    entry = dataset_entry(name)  # KeyError naming the known datasets (or the user module that cannot be imported)
+    if entry.missing is not None:
+        return [str(p) for p in entry.missing(Path(root if root is not None else ".").expanduser())]
     try:
         load_dataset(name, root=root)
     except DatasetNotFoundError as e:
@@ -151,6 +128,7 @@ def missing_files(name: str, root: str | None = None) -> list[str]:
     return []
 
 
-__all__ = ["DATASETS", "DATA_OPTIONS", "DEFAULT_DATASET", "BadImageError", "DatasetNotFoundError", "FileImages",
-           "ImageDataset", "ImageSource", "RealImages", "TensorImages", "Uint8Images", "base_name", "dataset_loader",
+__all__ = ["DATASETS", "DATA_OPTIONS", "DEFAULT_DATASET", "BadImageError", "DatasetEntry", "DatasetNotFoundError",
+           "FileImages", "ImageDataset", "ImageSource", "RealImages", "TensorImages", "Uint8Images", "base_name",
+           "dataset_entry", "dataset_loader", "register_dataset",
            "folder_dataset", "load_dataset", "missing_files", "resolution", "stratified_split", "takes_option"]

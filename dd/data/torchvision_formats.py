@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dd.data.base import DatasetNotFoundError, ImageDataset
-from dd.data.registry import DATASETS, absent, expects_files
+from dd.data.registry import absent, register_dataset
 from dd.data.sources import Uint8Images
 
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -95,37 +95,37 @@ def _idx_dataset(name: str, folder: str, root, stats, class_names, flip_ok: bool
     )
 
 
-@DATASETS.register("mnist", help="MNIST from torchvision's layout: ROOT/MNIST/raw/*-ubyte[.gz]; official 60k/10k split")
-def mnist(root=None, **_) -> ImageDataset:
-    """MNIST read from idx files under root/MNIST/raw (the layout torchvision.datasets.MNIST writes)."""
-    return _idx_dataset("MNIST", "MNIST", root, MNIST_STATS, DIGIT_NAMES, flip_ok=False, archive="MNIST idx")
-
-
-@DATASETS.register("fashion-mnist", help="FashionMNIST from torchvision's layout: ROOT/FashionMNIST/raw/*-ubyte[.gz]")
-def fashion_mnist(root=None, **_) -> ImageDataset:
-    """FashionMNIST read from idx files under root/FashionMNIST/raw."""
-    return _idx_dataset("fashion-mnist", "FashionMNIST", root, FASHION_STATS, FASHION_NAMES, flip_ok=True, archive="Fashion-MNIST idx")
-
-
-@expects_files("mnist")
 def _mnist_missing(root) -> list[Path]:
     return _idx_missing(root, "MNIST")
 
 
-@expects_files("fashion-mnist")
 def _fashion_mnist_missing(root) -> list[Path]:
     return _idx_missing(root, "FashionMNIST")
 
 
+@register_dataset("mnist", help="MNIST from torchvision's layout: ROOT/MNIST/raw/*-ubyte[.gz]; official 60k/10k split",
+                  missing=_mnist_missing)
+def mnist(root=None) -> ImageDataset:
+    """MNIST read from idx files under root/MNIST/raw (the layout torchvision.datasets.MNIST writes)."""
+    return _idx_dataset("MNIST", "MNIST", root, MNIST_STATS, DIGIT_NAMES, flip_ok=False, archive="MNIST idx")
+
+
+@register_dataset("fashion-mnist", help="FashionMNIST from torchvision's layout: ROOT/FashionMNIST/raw/*-ubyte[.gz]",
+                  missing=_fashion_mnist_missing)
+def fashion_mnist(root=None) -> ImageDataset:
+    """FashionMNIST read from idx files under root/FashionMNIST/raw."""
+    return _idx_dataset("fashion-mnist", "FashionMNIST", root, FASHION_STATS, FASHION_NAMES, flip_ok=True, archive="Fashion-MNIST idx")
+
+
 # ---------------------------------------------------------------- SVHN (.mat)
 
-@expects_files("svhn")
 def _svhn_missing(root) -> list[Path]:
     return absent([_root(root) / f"{split}_32x32.mat" for split in ("train", "test")])
 
 
-@DATASETS.register("svhn", help="SVHN cropped digits: ROOT/{train,test}_32x32.mat (label 10 is digit 0)")
-def svhn(root=None, **_) -> ImageDataset:
+@register_dataset("svhn", help="SVHN cropped digits: ROOT/{train,test}_32x32.mat (label 10 is digit 0)",
+                  missing=_svhn_missing)
+def svhn(root=None) -> ImageDataset:
     """SVHN format 2 (32x32 crops); the 'extra' split is not used, as in the DC/MTT code."""
     import scipy.io
 
@@ -238,8 +238,13 @@ def _folder_missing(root, folder: str, files) -> list[Path]:
     return [base] if not base.is_dir() else absent([base / f for f in files])
 
 
-@DATASETS.register("cifar10", help="CIFAR-10 from ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}")
-def cifar10(root=None, **_) -> ImageDataset:
+def _cifar10_missing(root) -> list[Path]:
+    return _folder_missing(root, CIFAR10_FOLDER, CIFAR10_FILES)
+
+
+@register_dataset("cifar10", help="CIFAR-10 from ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+                  missing=_cifar10_missing)
+def cifar10(root=None) -> ImageDataset:
     """CIFAR-10 python batches as extracted from cifar-10-python.tar.gz (torchvision's layout)."""
     folder = _root(root) / CIFAR10_FOLDER
     layout = (f"expected CIFAR-10 in torchvision's format at {folder}/{{data_batch_1..5,test_batch,batches.meta}}; "
@@ -248,13 +253,13 @@ def cifar10(root=None, **_) -> ImageDataset:
                           "label_names", "labels", 10, CIFAR10_STATS, layout)
 
 
-@expects_files("cifar10")
-def _cifar10_missing(root) -> list[Path]:
-    return _folder_missing(root, CIFAR10_FOLDER, CIFAR10_FILES)
+def _cifar100_missing(root) -> list[Path]:
+    return _folder_missing(root, CIFAR100_FOLDER, CIFAR100_FILES)
 
 
-@DATASETS.register("cifar100", help="CIFAR-100 (fine labels) from ROOT/cifar-100-python/{train,test,meta}")
-def cifar100(root=None, **_) -> ImageDataset:
+@register_dataset("cifar100", help="CIFAR-100 (fine labels) from ROOT/cifar-100-python/{train,test,meta}",
+                  missing=_cifar100_missing)
+def cifar100(root=None) -> ImageDataset:
     """CIFAR-100 python files as extracted from cifar-100-python.tar.gz; the 100 fine labels are used."""
     folder = _root(root) / CIFAR100_FOLDER
     layout = (f"expected CIFAR-100 in torchvision's format at {folder}/{{train,test,meta}}; "
@@ -263,6 +268,3 @@ def cifar100(root=None, **_) -> ImageDataset:
                           CIFAR100_STATS, layout)
 
 
-@expects_files("cifar100")
-def _cifar100_missing(root) -> list[Path]:
-    return _folder_missing(root, CIFAR100_FOLDER, CIFAR100_FILES)

@@ -4,11 +4,10 @@
 """
 from __future__ import annotations
 
-import importlib
-
 from torch import nn
 
 from dd.models.registry import MODELS
+from dd.registry import import_callable
 from dd.models import convnet as _convnet  # noqa: F401  (registers the ConvNet family)
 from dd.models import zoo as _zoo  # noqa: F401  (registers MLP, LeNet, AlexNet, VGG, ResNets, ViT)
 from dd.models.classic import MLP, VGG11, AlexNet, LeNet
@@ -20,12 +19,8 @@ from dd.models.vit import ViT
 def build_model(name: str, channels: int, num_classes: int, image_size, **options) -> nn.Module:
     """A fresh, randomly initialized model; `name` is a registry name or `package.module:callable`."""
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise KeyError(f"cannot load user model '{name}': {e}; expected 'package.module:callable' taking "
-                           "(channels, num_classes, image_size, **options)") from e
+        fn = import_callable(name, "user model", "expected 'package.module:callable' taking "
+                                                 "(channels, num_classes, image_size, **options)")
     else:
         fn = MODELS.get(name)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
