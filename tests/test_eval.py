@@ -61,7 +61,7 @@ def test_default_protocol_is_dc_mtt():
     assert (p.lr, p.momentum, p.weight_decay, p.batch_size, p.lr_decay_at, p.lr_decay) == (0.01, 0.9, 5e-4, 256, 0.5, 0.1)
     assert p.dsa and p.dsa_strategy == "color_crop_cutout_flip_scale_rotate" and p.labels == "hard"
     assert p.use_learned_lr and p.epochs == 1000
-    with pytest.raises(KeyError, match="known: hard, soft, teacher"):
+    with pytest.raises(KeyError, match="known protocols: hard, soft, stored, teacher"):
         get_protocol("fancy")
     with pytest.raises(ValueError, match="labels"):
         Protocol(labels="mixed")
@@ -303,3 +303,46 @@ def test_dd_eval_full_baseline_defaults_to_30_epochs_not_the_protocols_1000(tmp_
     rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
     assert [(r["name"], r["protocol"]["epochs"]) for r in rows] == [("synthetic", 1000), ("random-real", 1000),
                                                                     ("full", 30)]
+
+
+USER_PROTOCOL = '''
+import torch
+import torch.nn.functional as F
+from dd.eval.rules import ProtocolRule
+
+class AllZero(ProtocolRule):
+    """Trains every network to answer class 0: its own batches (the set's first image, repeated) and its own loss."""
+
+    settings = {"epochs": 4, "lr": 0.5, "dsa": False, "use_learned_lr": False}
+
+    def batches(self, job, epoch):
+        x = job.images[:1].expand(8, *job.images.shape[1:])
+        yield x, torch.zeros(8, dtype=torch.long, device=job.device)
+
+    def loss(self, logits, y, protocol):
+        return F.cross_entropy(logits, y) * 2.0
+
+def all_zero():
+    return AllZero()
+'''
+
+
+def test_an_outside_protocol_goes_through_ddtk_eval(tmp_path, digits, monkeypatch, capsys):
+    """A protocol defined in a user module (its batches and its loss) trains every run of `ddtk eval --protocol
+    package.module:callable`: each network then answers class 0, so its accuracy is class 0's share of the test split,
+    whatever the set; the report records the protocol by its spec, and the set reloads it from there."""
+    (tmp_path / "zero_protocol.py").write_text(USER_PROTOCOL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = digits_set(digits).save(tmp_path / "set.safetensors")
+    share = float((digits.test_labels == 0).float().mean())
+    assert main(["eval", str(path), "--protocol", "zero_protocol:all_zero", "--models", "mlp", "--runs", "2",
+                 "--baseline", "random", "--ipc", "1", "--device", "cpu"]) == 0
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["synthetic", "random-real"]
+    for r in rows:
+        assert r["accs"] == [pytest.approx(share)] * 2
+        assert r["protocol"]["name"] == r["protocol"]["labels"] == "zero_protocol:all_zero"
+        assert r["protocol"]["epochs"] == 4 and r["protocol"]["lr"] == 0.5  # the protocol's own settings
+    assert get_protocol(rows[0]["protocol"]).labels == "zero_protocol:all_zero"
+    assert main(["eval", str(path), "--protocol", "zero_protocol:nothing", "--no-baselines"]) == 2
+    assert "cannot load user protocol 'zero_protocol:nothing'" in capsys.readouterr().err

@@ -105,7 +105,7 @@ def fake_training(monkeypatch, digits):
             what = "syn"
         else:
             what = "random"
-        calls.append((what, protocol, kw.get("teacher")))
+        calls.append((what, protocol, kw["inputs"].teacher if kw.get("inputs") is not None else None))
         aug = protocol.dsa or protocol.crop
         return {"full": 0.9, "syn": 0.6 if aug else 0.5, "random": 0.4 if aug else 0.45}[what]
 

@@ -42,8 +42,9 @@ def add_parser(sub, name):
 def add_protocol_options(p) -> None:
     """The evaluation protocol and its options (shared by eval and relabel)."""
     p.add_argument("--protocol", default=None,
-                   help="hard (DC/MTT), soft (label distributions) or teacher (KD from --teacher); default: the one the "
-                        "set records, else hard")
+                   help="hard (DC/MTT), soft (label distributions), teacher (KD from --teacher) or a user's "
+                        "package.module:callable returning a dd.eval.rules.ProtocolRule; default: the one the set "
+                        "records, else hard")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (protocol default: hard 1000, teacher 300)")
     p.add_argument("--lr", type=float, default=None, help="override the protocol lr (and ignore a learned lr)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size")
@@ -127,6 +128,7 @@ def _run(args, group) -> int:
     from dd.data import DEFAULT_DATASET, load_dataset
     from dd.eval import build_report
     from dd.eval.harness import options_for_set
+    from dd.eval.protocol import protocol_rule
     from dd.synset import SyntheticSet
     from dd.utils import seed_everything
 
@@ -154,10 +156,12 @@ def _run(args, group) -> int:
     dataset = load_dataset(name, root=args.data_root, zca=zca,
                            **(options_for_set(name, synset.meta, options) if synset is not None else options))
     device = group.local_device()
-    teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
-    if protocol.labels == "teacher" and teacher is None:
-        raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` directory)")
-    if args.labels and protocol.labels != "teacher":
+    needs_teacher = protocol_rule(protocol.labels).needs_teacher
+    teacher = teacher_for(args, synset, dataset, device) if needs_teacher else None
+    if needs_teacher and teacher is None:
+        raise ValueError(f"the {protocol.name} protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` "
+                         "directory)")
+    if args.labels and not needs_teacher:
         raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
     baselines = report_baselines(args)
     if "random" in baselines and args.ipc is None and synset is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from dd.data import ImageDataset, base_name, load_dataset
 from dd.distributed import ProcessGroup, deal
-from dd.eval.protocol import Protocol, get_protocol
+from dd.eval.protocol import Protocol, get_protocol, protocol_rule
+from dd.eval.rules import EvalInputs
 from dd.eval.train import accuracy, train_model
 from dd.models import build_model
 from dd.synset import SyntheticSet
@@ -76,18 +77,21 @@ def options_for_set(name: str, meta: dict, options: dict) -> dict:
 
 
 def train_and_test(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDataset, arch: str, protocol: Protocol,
-                   *, seed: int, device: torch.device, lr: Optional[float] = None, teacher=None, stored=None,
-                   model_options: Optional[dict] = None, progress: bool = False) -> float:
+                   *, seed: int, device: torch.device, lr: Optional[float] = None, inputs: Optional[EvalInputs] = None,
+                   progress: bool = False) -> float:
     """One run: seeded fresh model, trained on (images, labels), accuracy on dataset's test split.
 
-    images: a tensor (a synthetic set) or an ImageSource (a dataset's training split, read batch by batch).
+    images: a tensor (a synthetic set) or an ImageSource (a dataset's training split, read batch by batch); inputs:
+    the teacher, stored labels and model options the protocol and the architecture need (dd.eval.rules.EvalInputs).
     """
+    inputs = inputs or EvalInputs()
     torch.manual_seed(seed)
-    model = build_model(arch, dataset.channels, dataset.num_classes, dataset.image_size, **(model_options or {})).to(device)
-    if teacher is not None:
-        teacher = teacher.to(device)
+    model = build_model(arch, dataset.channels, dataset.num_classes, dataset.image_size,
+                        **(inputs.model_options or {})).to(device)
+    if inputs.teacher is not None:
+        inputs = replace(inputs, teacher=inputs.teacher.to(device))
     train_model(model, images.to(device), labels.to(device), protocol, lr=lr, seed=seed, flip_ok=dataset.flip_ok,
-                teacher=teacher, stored=stored, progress=progress, desc=f"{arch} seed {seed}")
+                inputs=inputs, progress=progress, desc=f"{arch} seed {seed}")
     return accuracy(model, dataset.test.to(device), dataset.test_labels.to(device), protocol.test_batch_size)
 
 
@@ -106,12 +110,11 @@ def _lr_candidates(candidates: Sequence[float]) -> list[float]:
 
 
 def _score_lr(images: torch.Tensor, labels: torch.Tensor, val: ImageDataset, arch: str, protocol: Protocol, lr: float,
-              *, seed: int, device, teacher=None, stored=None, model_options: Optional[dict] = None) -> Optional[float]:
+              *, seed: int, device, inputs: Optional[EvalInputs] = None) -> Optional[float]:
     """One candidate's validation accuracy: a fresh network trained with `lr`; None when its training diverges
     (train_model stops a diverging run; that lr is then simply not a choice)."""
     try:
-        return train_and_test(images, labels, val, arch, protocol, seed=seed, device=device, lr=lr, teacher=teacher,
-                              stored=stored, model_options=model_options)
+        return train_and_test(images, labels, val, arch, protocol, seed=seed, device=device, lr=lr, inputs=inputs)
     except FloatingPointError:
         return None
 
@@ -126,8 +129,8 @@ def _best_lr(scores: dict[float, Optional[float]], arch: str) -> float:
 
 
 def search_lr(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDataset, arch: str, protocol: Protocol,
-              candidates: Sequence[float], *, seed: int, device, teacher=None, stored=None,
-              model_options: Optional[dict] = None) -> tuple[float, dict[float, Optional[float]]]:
+              candidates: Sequence[float], *, seed: int, device,
+              inputs: Optional[EvalInputs] = None) -> tuple[float, dict[float, Optional[float]]]:
     """Picks the training lr for (images, labels) on `arch` by validation accuracy: one fresh network per candidate,
     trained under `protocol` with that lr and scored on a stratified validation split carved from the *training*
     data (never the test split), so an architecture the set was not distilled on gets a tuned lr without the test
@@ -138,8 +141,8 @@ def search_lr(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDataset,
     """
     lrs = _lr_candidates(candidates)
     val = _validation(dataset)
-    scores = {lr: _score_lr(images, labels, val, arch, protocol, lr, seed=seed, device=device, teacher=teacher,
-                            stored=stored, model_options=model_options) for lr in lrs}
+    scores = {lr: _score_lr(images, labels, val, arch, protocol, lr, seed=seed, device=device, inputs=inputs)
+              for lr in lrs}
     return _best_lr(scores, arch), scores
 
 
@@ -176,7 +179,8 @@ class RowPlan:
     give what one process running them in turn gives. lr: every run's lr (None: the protocol's) unless `search`
     chooses it; record_lr: extra['lr'] records the lr the runs used (the set's rows always; baselines after a
     search). train_size: images per run (with the architecture, the cost estimate that deals runs to ranks).
-    extra: the row's fields known before training (storage bytes), after the lr fields.
+    extra: the row's fields known before training (storage bytes), after the lr fields. inputs: the teacher,
+    stored labels and model options every run of the row trains with.
     """
 
     name: str
@@ -191,9 +195,7 @@ class RowPlan:
     lr: Optional[float] = None
     search: Optional[LrSearch] = None
     record_lr: bool = False
-    teacher: object = None
-    stored: object = None
-    model_options: Optional[dict] = None
+    inputs: EvalInputs = field(default_factory=EvalInputs)
     extra: dict = field(default_factory=dict)
 
 
@@ -222,8 +224,7 @@ def set_row(synset: SyntheticSet, arch: str = "convnet", protocol: str | Protoco
     if stored is not None:
         extra["labels"] = str(stored.path)
     return RowPlan(name, arch, dataset, protocol, runs, seed, synset.ipc, lambda s: (images, y), len(images), lr=lr,
-                   search=search, record_lr=True, teacher=teacher, stored=stored, model_options=model_options,
-                   extra=extra)
+                   search=search, record_lr=True, inputs=EvalInputs(teacher, stored, model_options), extra=extra)
 
 
 def random_row(dataset: ImageDataset, ipc: int, arch: str = "convnet", protocol: str | Protocol = "hard",
@@ -244,7 +245,7 @@ def random_row(dataset: ImageDataset, ipc: int, arch: str = "convnet", protocol:
 
     search = LrSearch(_lr_candidates(lr_search), functools.cache(search_data)) if lr_search else None
     return RowPlan("random-real", arch, dataset, hard, runs, seed, ipc, data, ipc * dataset.num_classes, search=search,
-                   teacher=teacher, model_options=model_options)
+                   inputs=EvalInputs(teacher, None, model_options))
 
 
 def full_row(dataset: ImageDataset, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 1, *,
@@ -252,8 +253,8 @@ def full_row(dataset: ImageDataset, arch: str = "convnet", protocol: str | Proto
     """The plan of `evaluate_full` (see there): every run trains on the whole training split."""
     hard = _for_real_images(get_protocol(protocol).with_(epochs=epochs))
     x, y = dataset.train, dataset.train_labels  # the source, read batch by batch (never one float tensor)
-    return RowPlan("full", arch, dataset, hard, runs, seed, None, lambda s: (x, y), len(x), teacher=teacher,
-                   model_options=model_options)
+    return RowPlan("full", arch, dataset, hard, runs, seed, None, lambda s: (x, y), len(x),
+                   inputs=EvalInputs(teacher, None, model_options))
 
 
 def run_rows(rows: Sequence[RowPlan], device="auto", *, group: Optional[ProcessGroup] = None,
@@ -295,16 +296,14 @@ def run_rows(rows: Sequence[RowPlan], device="auto", *, group: Optional[ProcessG
 def _search_job(row: RowPlan, lr: float, device) -> float:
     """One lr candidate of a row: its validation accuracy, NaN when the training diverged (None cannot be shared)."""
     images, labels, val = row.search.data()
-    acc = _score_lr(images, labels, val, row.arch, row.protocol, lr, seed=row.seed, device=device, teacher=row.teacher,
-                    stored=row.stored, model_options=row.model_options)
+    acc = _score_lr(images, labels, val, row.arch, row.protocol, lr, seed=row.seed, device=device, inputs=row.inputs)
     return float("nan") if acc is None else acc
 
 
 def _run_job(row: RowPlan, seed: int, lr: Optional[float], device) -> float:
     """One run of a row: a fresh network seeded with `seed` on that run's data; its test accuracy."""
     x, y = row.data(seed)
-    return train_and_test(x, y, row.dataset, row.arch, row.protocol, seed=seed, device=device, lr=lr,
-                          teacher=row.teacher, stored=row.stored, model_options=row.model_options)
+    return train_and_test(x, y, row.dataset, row.arch, row.protocol, seed=seed, device=device, lr=lr, inputs=row.inputs)
 
 
 def _spread(jobs: list[tuple[int, object]], work: Callable[[tuple[int, object]], float], rows: Sequence[RowPlan],
@@ -343,7 +342,7 @@ def _flops_per_image(row: RowPlan) -> float:
 
     ds = row.dataset
     with torch.random.fork_rng(devices=[]):
-        model = build_model(row.arch, ds.channels, ds.num_classes, ds.image_size, **(row.model_options or {})).eval()
+        model = build_model(row.arch, ds.channels, ds.num_classes, ds.image_size, **(row.inputs.model_options or {})).eval()
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(torch.zeros(1, ds.channels, *ds.image_size))
@@ -392,8 +391,10 @@ def evaluate_full(dataset: ImageDataset, arch: str = "convnet", protocol: str | 
 
 
 def _for_real_images(protocol: Protocol) -> Protocol:
-    """Baselines train on real images with class ids: a soft-label protocol falls back to hard labels."""
-    return protocol.with_(labels="hard") if protocol.labels == "soft" else protocol
+    """Baselines train on real images with class ids: a protocol that declares another for real images (soft: hard)
+    falls back to it."""
+    instead = protocol_rule(protocol.labels).real_images
+    return protocol.with_(labels=instead) if instead else protocol
 
 
 def _check_compatible(synset: SyntheticSet, dataset: ImageDataset) -> None:

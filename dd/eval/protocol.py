@@ -1,9 +1,20 @@
-"""Evaluation protocols: how a fresh network is trained on a (synthetic) set before it is tested."""
+"""Evaluation protocols: the settings a fresh network is trained with (`Protocol`) and the registry of protocols.
+
+Each registered protocol (dd.eval.rules: hard, soft, teacher, stored labels) owns how it builds a batch and its loss;
+`Protocol.labels` names the one that trains, and `package.module:callable` loads a user's (see `protocol_rule`).
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 from dd.augment.dsa import DEFAULT_STRATEGY
+from dd.registry import Registry, import_callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dd.eval.rules import ProtocolRule
+
+PROTOCOLS: Registry = Registry("protocol")  # name -> ProtocolRule (dd.eval.rules registers hard, soft, teacher, stored)
 
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -16,10 +27,11 @@ TEACHER_BN = ("eval", "train")
 class Protocol:
     """The DC/MTT hard-label protocol by default: SGD(0.9, wd 5e-4), lr 0.01, batch 256, lr x0.1 at half.
 
-    labels: 'hard' trains with cross-entropy on class ids (soft labels are argmaxed); 'soft' trains with
-    soft cross-entropy on the set's label distributions (DATM); 'teacher' distils a teacher's outputs on
-    every augmented view, KL(teacher/T || student/T) * T^2 (the SRe2L/CDA/CV-DD protocol; pass `teacher=`
-    or stored labels to the harness). The reported accuracy is always the last epoch's, never the best.
+    labels: the registered protocol that trains (its batches and loss, dd.eval.rules): 'hard' trains with
+    cross-entropy on class ids (soft labels are argmaxed); 'soft' with soft cross-entropy on the set's label
+    distributions (DATM); 'teacher' distils a teacher's outputs on every augmented view, KL(teacher/T || student/T)
+    * T^2 (the SRe2L/CDA/CV-DD protocol; pass `teacher=` or stored labels to the harness); `package.module:callable`
+    a user's. The reported accuracy is always the last epoch's, never the best.
     """
 
     name: str = "hard"
@@ -40,14 +52,16 @@ class Protocol:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     mix: str = "none"  # 'cutmix' or 'mixup' per batch (teacher protocol; the teacher labels the mixed view)
     mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
-    labels: str = "hard"  # 'hard' | 'soft' | 'teacher'
+    labels: str = "hard"  # the registered protocol that trains: 'hard' | 'soft' | 'teacher' | package.module:callable
     temperature: float = 1.0  # for 'teacher'
     teacher_bn: str = "eval"  # 'eval': running statistics; 'train': each batch's own statistics (CV-DD's choice)
     test_batch_size: int = 1000
 
     def __post_init__(self) -> None:
-        if self.labels not in ("hard", "soft", "teacher"):
-            raise ValueError(f"protocol labels must be 'hard', 'soft' or 'teacher', got {self.labels!r}")
+        try:
+            rule = protocol_rule(self.labels)
+        except KeyError as e:
+            raise ValueError(f"protocol labels: {e.args[0]}") from None
         if self.epochs < 1:
             raise ValueError("protocol epochs must be >= 1")
         for field_name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
@@ -56,7 +70,7 @@ class Protocol:
                 raise ValueError(f"protocol {field_name} must be one of {allowed}, got {value!r}")
         if self.crop and self.dsa:
             raise ValueError("protocol: choose crop views or DSA, not both")
-        if (self.crop or self.mix != "none") and self.labels != "teacher":
+        if (self.crop or self.mix != "none") and not rule.needs_teacher:
             raise ValueError("crop views and mixing label each view with the teacher: use them with labels='teacher'")
         if not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
@@ -73,26 +87,29 @@ class Protocol:
         return asdict(self)
 
 
-PROTOCOLS: dict[str, Protocol] = {
-    "hard": Protocol(),
-    "soft": Protocol(name="soft", labels="soft"),
-    # SRe2L/CDA/CV-DD post-training: KD from a teacher on random-resized crops with CutMix, AdamW + cosine
-    "teacher": Protocol(name="teacher", labels="teacher", epochs=300, lr=1e-3, use_learned_lr=False, weight_decay=0.01,
-                        batch_size=64, optimizer="adamw", schedule="cosine", dsa=False, crop=True, mix="cutmix",
-                        temperature=20.0),
-}
+def protocol_rule(name: str) -> "ProtocolRule":
+    """The registered protocol `name`; `package.module:callable` calls the user's callable once, which returns a
+    dd.eval.rules.ProtocolRule, and registers it under that spec (so a set recording it evaluates the same way)."""
+    if name not in PROTOCOLS and ":" in name:
+        from dd.eval.rules import ProtocolRule, register_protocol
+
+        rule = import_callable(name, "user protocol", "expected 'package.module:callable' returning a "
+                                                      "dd.eval.rules.ProtocolRule")()
+        if not isinstance(rule, ProtocolRule):
+            raise KeyError(f"user protocol '{name}' returned a {type(rule).__name__}, not a dd.eval.rules.ProtocolRule")
+        register_protocol(rule, name)
+    return PROTOCOLS.get(name)
 
 
-def get_protocol(name: str | Protocol = "hard", **overrides) -> Protocol:
-    """A named protocol (or a given one) with `overrides` (None values are ignored) applied."""
+def get_protocol(name: "str | Protocol | dict" = "hard", **overrides) -> Protocol:
+    """A named protocol's preset (or a given one) with `overrides` (None values are ignored) applied."""
     if isinstance(name, Protocol):
         return name.with_(**overrides)
     if isinstance(name, dict):
         return Protocol(**{k: tuple(v) if k == "crop_scale" else v for k, v in name.items()}).with_(**overrides)
-    if name not in PROTOCOLS:
-        raise KeyError(f"unknown protocol '{name}'; known: {', '.join(PROTOCOLS)}")
+    rule = protocol_rule(name)
     known = set(Protocol.__dataclass_fields__)
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ValueError(f"unknown protocol option(s) {unknown}; known: {sorted(known)}")
-    return PROTOCOLS[name].with_(**overrides)
+    return rule.preset.with_(**overrides)

@@ -30,7 +30,7 @@ import math
 from typing import Optional, Sequence
 
 from dd.eval.harness import (EvalResult, _for_real_images, dataset_for, evaluate, evaluate_full, evaluate_random)
-from dd.eval.protocol import Protocol, get_protocol
+from dd.eval.protocol import Protocol, get_protocol, protocol_rule
 from dd.eval.report import Report
 
 _LOW, _HIGH = math.exp(-1.0), math.e
@@ -124,7 +124,7 @@ def with_augmentation(p: Protocol) -> Protocol:
     """p when it augments; else p with DSA on (hard/soft) or random-resized crop views on (teacher)."""
     if p.dsa or p.crop or p.mix != "none":
         return p
-    return p.with_(crop=True) if p.labels == "teacher" else p.with_(dsa=True)
+    return p.with_(crop=True) if protocol_rule(p.labels).needs_teacher else p.with_(dsa=True)
 
 
 def without_augmentation(p: Protocol) -> Protocol:
@@ -171,7 +171,7 @@ def measure_accuracies(synset, arch: str, protocol: str | Protocol | None = None
         return _key(kind, arch, _for_real_images(p.with_(epochs=full_epochs)).to_dict(), full_runs)
 
     def run(kind: str, p: Protocol) -> EvalResult:
-        t = teacher if p.labels == "teacher" else None
+        t = teacher if protocol_rule(p.labels).needs_teacher else None
         if kind == "syn":
             return evaluate(synset, arch, p, runs, dataset=dataset, teacher=t, labels=labels if p.crop else None,
                             name=synset.meta.get("method", "synthetic"), **common)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from dd.data import ImageDataset, base_name, load_dataset
 from dd.eval import Protocol, build_report, get_protocol, train_and_test
+from dd.eval.rules import EvalInputs
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
 from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, coerce_fields,
@@ -263,7 +264,7 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
                 s = m.current_set()
                 protocol_val = get_protocol(plan_val.protocol, epochs=run.val_epochs)
                 accs = [train_and_test(s.images, s.labels, val, mcfg.model, protocol_val, seed=seed + 1000 + r, device=dev,
-                                       lr=s.lr, teacher=plan_val.teacher) for r in range(run.val_runs)]
+                                       lr=s.lr, inputs=EvalInputs(plan_val.teacher)) for r in range(run.val_runs)]
                 acc = sum(accs) / len(accs)
                 history.append({"it": done, "val_acc": acc})
                 logger.log({"it": it, "val_acc": acc})
