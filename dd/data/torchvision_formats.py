@@ -95,23 +95,15 @@ def _idx_dataset(name: str, folder: str, root, stats, class_names, flip_ok: bool
     )
 
 
-def _mnist_missing(root) -> list[Path]:
-    return _idx_missing(root, "MNIST")
-
-
-def _fashion_mnist_missing(root) -> list[Path]:
-    return _idx_missing(root, "FashionMNIST")
-
-
 @register_dataset("mnist", help="MNIST from torchvision's layout: ROOT/MNIST/raw/*-ubyte[.gz]; official 60k/10k split",
-                  missing=_mnist_missing)
+                  missing=lambda root: _idx_missing(root, "MNIST"))
 def mnist(root=None) -> ImageDataset:
     """MNIST read from idx files under root/MNIST/raw (the layout torchvision.datasets.MNIST writes)."""
     return _idx_dataset("MNIST", "MNIST", root, MNIST_STATS, DIGIT_NAMES, flip_ok=False, archive="MNIST idx")
 
 
 @register_dataset("fashion-mnist", help="FashionMNIST from torchvision's layout: ROOT/FashionMNIST/raw/*-ubyte[.gz]",
-                  missing=_fashion_mnist_missing)
+                  missing=lambda root: _idx_missing(root, "FashionMNIST"))
 def fashion_mnist(root=None) -> ImageDataset:
     """FashionMNIST read from idx files under root/FashionMNIST/raw."""
     return _idx_dataset("fashion-mnist", "FashionMNIST", root, FASHION_STATS, FASHION_NAMES, flip_ok=True, archive="Fashion-MNIST idx")
@@ -238,12 +230,8 @@ def _folder_missing(root, folder: str, files) -> list[Path]:
     return [base] if not base.is_dir() else absent([base / f for f in files])
 
 
-def _cifar10_missing(root) -> list[Path]:
-    return _folder_missing(root, CIFAR10_FOLDER, CIFAR10_FILES)
-
-
 @register_dataset("cifar10", help="CIFAR-10 from ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
-                  missing=_cifar10_missing)
+                  missing=lambda root: _folder_missing(root, CIFAR10_FOLDER, CIFAR10_FILES))
 def cifar10(root=None) -> ImageDataset:
     """CIFAR-10 python batches as extracted from cifar-10-python.tar.gz (torchvision's layout)."""
     folder = _root(root) / CIFAR10_FOLDER
@@ -253,12 +241,8 @@ def cifar10(root=None) -> ImageDataset:
                           "label_names", "labels", 10, CIFAR10_STATS, layout)
 
 
-def _cifar100_missing(root) -> list[Path]:
-    return _folder_missing(root, CIFAR100_FOLDER, CIFAR100_FILES)
-
-
 @register_dataset("cifar100", help="CIFAR-100 (fine labels) from ROOT/cifar-100-python/{train,test,meta}",
-                  missing=_cifar100_missing)
+                  missing=lambda root: _folder_missing(root, CIFAR100_FOLDER, CIFAR100_FILES))
 def cifar100(root=None) -> ImageDataset:
     """CIFAR-100 python files as extracted from cifar-100-python.tar.gz; the 100 fine labels are used."""
     folder = _root(root) / CIFAR100_FOLDER

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from dd.methods.base import EvalPlan
-from dd.methods.recover import forward_with_bn_loss
+from dd.methods.recover import committee_loss, forward_with_bn_loss  # noqa: F401  (committee_loss: its public home was here)
 from dd.methods.registry import METHODS
-from dd.methods.sre2l import CDA, CDAConfig, SRe2L
+from dd.methods.sre2l import CDA, CDAConfig
 from dd.teachers import Committee
 
 SELECTIONS = ("cycle", "random", "top")
@@ -73,18 +73,6 @@ def bn_scales(start: list[float]) -> list[float]:
     return [v / mean for v in start]
 
 
-def committee_loss(members, weights, scales, view, y, r_bn: float, first_bn_weight: float):
-    """sum_i w_i * (CE(f_i(view), y) + r_bn * BN_i(view) / s_i); returns (loss, per-member CE, per-member BN)."""
-    total, ces, bns = 0.0, [], []
-    for model, w, s in zip(members, weights, scales):
-        logits, bn = forward_with_bn_loss(model, view, first_bn_weight)
-        ce = F.cross_entropy(logits, y)
-        total = total + w * (ce + r_bn * bn / s)
-        ces.append(ce)
-        bns.append(bn)
-    return total, ces, bns
-
-
 @METHODS.register("cvdd", help="committee voting: several BN teachers vote on synthesis and soft labels; needs --teacher x2+")
 class CVDD(CDA):
     """CDA with a committee of teachers weighted by measured priors, and committee-voted soft labels."""
@@ -92,12 +80,9 @@ class CVDD(CDA):
     name = "cvdd"
     Config = CVDDConfig
     teachers = (2, None)
-    INITS = ("noise", "real", "medium")
-
-    @classmethod
-    def resolve_config(cls, values, dataset, ipc, inputs):
-        """As every method (the report architecture `model` is not taken from any one member)."""
-        return super(SRe2L, cls).resolve_config(values, dataset, ipc, inputs)
+    INITS = {**CDA.INITS, "medium": "medium_images"}
+    model_from_teacher = False  # the report architecture `model` is not taken from any one member
+    per_member_metrics = True
 
     def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
         c = config
@@ -110,16 +95,12 @@ class CVDD(CDA):
         super().__init__(c, dataset, ipc, device, generator, inputs, group)
         from dd.methods.priors import member_priors
 
-        self.sources = self.inputs.teachers
         self.members = [src.module(dataset, device) for src in self.sources]
         self.teacher = self.members[0]
         self.priors = member_priors(self.sources, dataset, config, device, self.post_protocol())
         self.label_weights = softmax_weights([p["value"] for p in self.priors], config.tau_labels)
 
     # -- the set's start: medium-difficulty real images -------------------------------------------------
-    def initial_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.medium_images(images) if self.config.init == "medium" else super().initial_images(images)
-
     def medium_images(self, images: torch.Tensor) -> torch.Tensor:
         """Per class, the ipc real images whose label-weighted committee CE is closest to the class median."""
         committee = Committee(self.members, self.label_weights).eval()
@@ -133,25 +114,18 @@ class CVDD(CDA):
         return images
 
     # -- one batch: its voters, their weights and BN scales ----------------------------------------------
-    def start_batch(self, b: int) -> None:
-        super().start_batch(b)
+    def vote(self, b: int) -> tuple[list[int], list[float], list[float]]:
         values = [p["value"] for p in self.priors]
         g = torch.Generator().manual_seed(self.batch_seed(b, 2))
-        self.voters = select_voters(self.plan[b][0], values, self.config.voters, self.config.selection, g)
-        self.weights = softmax_weights([values[i] for i in self.voters], self.config.tau_synthesis)
-        self.scales = [1.0] * len(self.voters)
+        voters = select_voters(self.plan[b][0], values, self.config.voters, self.config.selection, g)
+        weights = softmax_weights([values[i] for i in voters], self.config.tau_synthesis)
+        scales = [1.0] * len(voters)
         if self.config.bn_normalize == "init":
             with torch.no_grad():
                 start = [max(float(forward_with_bn_loss(self.members[i], self.x, self.config.first_bn_weight)[1]), 1e-12)
-                         for i in self.voters]
-            self.scales = bn_scales(start)
-
-    def recover_loss(self, view):
-        loss, ces, bns = committee_loss([self.members[i] for i in self.voters], self.weights, self.scales, view, self.y,
-                                        self.config.r_bn, self.config.first_bn_weight)
-        parts = {f"ce/{self.sources[i].arch}": ce for i, ce in zip(self.voters, ces)}
-        parts.update({f"bn/{self.sources[i].arch}": bn for i, bn in zip(self.voters, bns)})
-        return loss, parts
+                         for i in voters]
+            scales = bn_scales(start)
+        return voters, weights, scales
 
     # -- the committee's labels ---------------------------------------------------------------------------
     def post_protocol(self):

@@ -53,10 +53,6 @@ class DATM(MTT):
     def preset(cls, dataset: str, ipc: int) -> dict:
         return datm_defaults(dataset, ipc)
 
-    @property
-    def learn_labels(self) -> bool:  # type: ignore[override]
-        return self.config.soft_labels
-
     def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
         super().__init__(config, dataset, ipc, device, generator, inputs, group)
         lo = int(self.hp["min_start_epoch"] or 0)
@@ -64,10 +60,6 @@ class DATM(MTT):
             raise ValueError(f"min_start_epoch={lo} exceeds the largest usable start epoch {self.max_start}")
 
     # -- initialization: correctly classified reals, expert-logit soft labels ---------------------
-    @property
-    def ema_decay(self) -> float:  # type: ignore[override]
-        return self.config.ema_decay
-
     def init_synset(self) -> SyntheticSet:
         template = self.initial_set()  # meta/extra, and the noise option
         k = self.dataset.num_classes

@@ -38,7 +38,3 @@ class FTD(MTT):
         if config.require_flat_buffer and not buffer_is_flat(self.buffer):
             raise ValueError("this buffer was not recorded with GSAM; record flat experts with the buffer recorder's "
                              "GSAM option, or set require_flat_buffer=false")
-
-    @property
-    def ema_decay(self) -> float:  # type: ignore[override]
-        return self.config.ema_decay

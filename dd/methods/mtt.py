@@ -120,6 +120,10 @@ class MTT(Method):
         super().__init__(config, dataset, ipc, device, generator, inputs, group)
         c = config
         self.hp = {k: getattr(c, k) for k in self.HP_KEYS}
+        # what a variant's Config declares, read here (no hook to override): `ema_decay` keeps an EMA of the images that
+        # is validated and saved instead of them (FTD, DATM; 0: none), `soft_labels` learns the labels too (DATM)
+        self.ema_decay = float(getattr(c, "ema_decay", 0.0))
+        self.learn_labels = bool(getattr(c, "soft_labels", False))
         unset = [k for k in MTT.HP_KEYS if self.hp[k] is None and k != "batch_syn"]
         if unset:
             raise ValueError(f"{self.name}: options {unset} are unset; build the method through its resolved config "
@@ -150,8 +154,6 @@ class MTT(Method):
         self.mode: Optional[str] = None if c.memory == "auto" else c.memory
 
     # -- setup -----------------------------------------------------------------------------------
-    ema_decay: float = 0.0  # decay of the image EMA that is validated and saved instead of the raw images (0: none)
-
     def init_synset(self) -> SyntheticSet:
         s = self.representative_set() if self.config.init == "kmeans" else self.initial_set()
         self._template = s
@@ -230,8 +232,6 @@ class MTT(Method):
             raise DistillationDiverged(f"{self.name}: matching loss became {res.loss} (expert {e}, start epoch {t}); "
                                        "lower lr_img or lr_lr")
         return res, e, t
-
-    learn_labels = False
 
     def apply_update(self, res) -> None:
         self.opt_img.zero_grad(set_to_none=True)

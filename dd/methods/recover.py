@@ -8,6 +8,7 @@ biased variance of the input of BatchNorm layer l over the batch and spatial pos
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dd.eval.views import crop_flip, draw_crops
@@ -89,3 +90,17 @@ def recover_view(x: torch.Tensor, g: torch.Generator, *, scale_min: float | None
         off = torch.randint(0, jitter + 1, (2,), generator=g)
         x = torch.roll(x, shifts=(int(off[0]), int(off[1])), dims=(2, 3))
     return x
+
+
+def committee_loss(members, weights, scales, view, y, r_bn: float, first_bn_weight: float):
+    """sum_i w_i * (CE(f_i(view), y) + r_bn * BN_i(view) / s_i); returns (loss, per-member CE, per-member BN).
+
+    SRe2L/CDA's loss is the committee of their one teacher (w = s = 1: the same numbers, bit for bit)."""
+    total, ces, bns = 0.0, [], []
+    for model, w, s in zip(members, weights, scales):
+        logits, bn = forward_with_bn_loss(model, view, first_bn_weight)
+        ce = F.cross_entropy(logits, y)
+        total = total + w * (ce + r_bn * bn / s)
+        ces.append(ce)
+        bns.append(bn)
+    return total, ces, bns

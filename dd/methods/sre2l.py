@@ -12,13 +12,13 @@ with labels on the fly or stored (`relabel_epochs`, or `ddtk relabel` afterwards
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
-import torch.nn.functional as F
 
 from dd.methods.base import EvalPlan, Method, MethodConfig, load_optimizer_state, optimizer_state
-from dd.methods.recover import SCHEDULES, batchnorm_layers, cosine_lr, crop_scale_min, forward_with_bn_loss, recover_view
+from dd.methods.recover import (SCHEDULES, batchnorm_layers, committee_loss, cosine_lr, crop_scale_min, forward_with_bn_loss,
+                                recover_view)
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
 
@@ -67,14 +67,21 @@ class SRe2L(Method):
     teachers = (1, 1)
     shardable = True
     partial_sets = True
-    INITS = ("noise", "real")
+    # declared, not overridden: init name -> the method filling the set's start; whether the distillation `model`
+    # (the report's default architecture) is the teacher's; whether the lower crop scale follows the Config's
+    # curriculum (schedule, milestone: CDA) or stays at crop_scale
+    INITS: ClassVar[dict[str, str]] = {"noise": "noise_images", "real": "real_images"}
+    model_from_teacher: ClassVar[bool] = True
+    crop_curriculum: ClassVar[bool] = False
+    per_member_metrics: ClassVar[bool] = False  # log each voter's CE and BN terms under its architecture (CV-DD)
 
     @classmethod
     def resolve_config(cls, values, dataset, ipc, inputs):
-        """As every method; the distillation `model` (the report's default architecture) is the teacher's."""
+        """As every method; with model_from_teacher, an unset `model` is the teacher's architecture."""
         values = dict(values)
-        if "model" not in values and inputs.teachers and inputs.teachers[0].arch and not inputs.teachers[0].arch_options:
-            values["model"] = inputs.teachers[0].arch
+        first = inputs.teachers[0] if inputs.teachers else None
+        if cls.model_from_teacher and "model" not in values and first and first.arch and not first.arch_options:
+            values["model"] = first.arch
         return super().resolve_config(values, dataset, ipc, inputs)
 
     def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
@@ -83,11 +90,13 @@ class SRe2L(Method):
         if c.zca:
             raise ValueError(f"{self.name} recovers images in pixel space (clamped to the valid range); set zca=false")
         if c.init not in self.INITS:
-            raise ValueError(f"unknown init '{c.init}' for {self.name}; choose one of {self.INITS}")
+            raise ValueError(f"unknown init '{c.init}' for {self.name}; choose one of {tuple(self.INITS)}")
         if c.jitter < 0 or not 0 < c.crop_scale <= 1:
             raise ValueError("jitter must be >= 0 and crop_scale in (0, 1]")
-        self.source = self.inputs.teachers[0]
+        self.sources = self.inputs.teachers
+        self.source = self.sources[0]
         self.teacher = self.source.module(dataset, device)
+        self.members = [self.teacher]  # the committee recovering the images: SRe2L's is its teacher alone
         batchnorm_layers(self.teacher) or forward_with_bn_loss(self.teacher, torch.zeros(1))  # raises the clear error
         mean = torch.tensor(dataset.mean, device=device).view(1, -1, 1, 1)
         std = torch.tensor(dataset.std, device=device).view(1, -1, 1, 1)
@@ -113,20 +122,23 @@ class SRe2L(Method):
         s.meta["init"] = self.config.init
         self._template = s
         self.labels = s.labels
-        self.images = self.initial_images(torch.empty_like(s.images)).clamp(self.lo.cpu(), self.hi.cpu())
+        fill = getattr(self, self.INITS[self.config.init])
+        self.images = fill(torch.empty_like(s.images)).clamp(self.lo.cpu(), self.hi.cpu())
         self.done = torch.zeros(len(self.plan), dtype=torch.bool)
         return s
 
-    def initial_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Fills the class-major set: noise per batch (its own stream), or distinct real images per class."""
-        if self.config.init == "real":
-            for c in range(self.dataset.num_classes):  # distinct real images per class, from a per-class stream
-                g = torch.Generator().manual_seed(self.batch_seed(c, 0) ^ 0x5EED)
-                images[c * self.ipc:(c + 1) * self.ipc] = self.real.sample(c, self.ipc, g).cpu()
-        else:
-            for b in range(len(self.plan)):
-                g = torch.Generator().manual_seed(self.batch_seed(b, 0))
-                images[self.positions(b)] = torch.randn(len(self.plan[b][1]), *images.shape[1:], generator=g)
+    def real_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Fills the class-major set with distinct real images per class, from a per-class stream."""
+        for c in range(self.dataset.num_classes):
+            g = torch.Generator().manual_seed(self.batch_seed(c, 0) ^ 0x5EED)
+            images[c * self.ipc:(c + 1) * self.ipc] = self.real.sample(c, self.ipc, g).cpu()
+        return images
+
+    def noise_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Fills the class-major set with standard normal noise, per batch from its own stream."""
+        for b in range(len(self.plan)):
+            g = torch.Generator().manual_seed(self.batch_seed(b, 0))
+            images[self.positions(b)] = torch.randn(len(self.plan[b][1]), *images.shape[1:], generator=g)
         return images
 
     def num_steps(self, iterations: int) -> int:
@@ -142,9 +154,20 @@ class SRe2L(Method):
         self.y = self.labels[self.positions(b)].to(self.device)
         self.opt = torch.optim.Adam([self.x], lr=self.config.lr, betas=(self.config.beta1, self.config.beta2), eps=1e-8)
         self.g_aug = torch.Generator().manual_seed(self.batch_seed(b, 1))
+        self.voters, self.weights, self.scales = self.vote(b)
+
+    def vote(self, b: int) -> tuple[list[int], list[float], list[float]]:
+        """Batch b's voters (indices into self.members), their loss weights and BN scales: the one teacher, 1, 1."""
+        return [0], [1.0], [1.0]
 
     def scale_min(self, k: int) -> Optional[float]:
-        return self.config.crop_scale if self.config.crop else None
+        """The lower crop scale at iteration k of a batch (None: no crop): crop_scale, or the curriculum's value."""
+        c = self.config
+        if not c.crop:
+            return None
+        if self.crop_curriculum:
+            return crop_scale_min(k, self.iterations, c.schedule, c.milestone, 1.0, c.crop_scale)
+        return c.crop_scale
 
     # -- one iteration of one batch ------------------------------------------------------------------
     def step(self, it: int) -> dict[str, float]:
@@ -172,10 +195,14 @@ class SRe2L(Method):
                 "crop_scale_min": smin if smin is not None else 1.0}
 
     def recover_loss(self, view: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """CE(teacher(view), y) + r_bn * BN-statistics loss of the teacher on the view."""
-        logits, bn = forward_with_bn_loss(self.teacher, view, self.config.first_bn_weight)
-        ce = F.cross_entropy(logits, self.y)
-        return ce + self.config.r_bn * bn, {"ce": ce, "bn": bn}
+        """sum over the batch's voters of w (CE(f(view), y) + r_bn * BN-statistics loss of f on the view / s)."""
+        loss, ces, bns = committee_loss([self.members[i] for i in self.voters], self.weights, self.scales, view, self.y,
+                                        self.config.r_bn, self.config.first_bn_weight)
+        if not self.per_member_metrics:
+            return loss, {"ce": ces[0], "bn": bns[0]}
+        parts = {f"ce/{self.sources[i].arch}": ce for i, ce in zip(self.voters, ces)}
+        parts.update({f"bn/{self.sources[i].arch}": bn for i, bn in zip(self.voters, bns)})
+        return loss, parts
 
     def current_set(self) -> SyntheticSet:
         """The set now (finished batches recovered, the rest as initialized); under torchrun every rank's batches."""
@@ -238,6 +265,7 @@ class CDA(SRe2L):
 
     name = "cda"
     Config = CDAConfig
+    crop_curriculum = True
 
     def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
         if config.schedule not in SCHEDULES:
@@ -245,6 +273,3 @@ class CDA(SRe2L):
         if not config.crop:
             raise ValueError("CDA's curriculum is a crop schedule: keep crop=true")
         super().__init__(config, dataset, ipc, device, generator, inputs, group)
-
-    def scale_min(self, k: int) -> Optional[float]:
-        return crop_scale_min(k, self.iterations, self.config.schedule, self.config.milestone, 1.0, self.config.crop_scale)
