@@ -90,7 +90,7 @@ def ticks(root=None, res=6, flip=False):
 '''
 
 
-def test_a_dataset_registered_outside_dd_declares_its_options_and_files_check(tmp_path, monkeypatch):
+def test_a_dataset_registered_outside_dd_declares_its_options_and_files_check(tmp_path, monkeypatch, capsys):
     """One decorated loader in a user module: its declared options reach it, undeclared ones are refused by name,
     its `res` default is the dataset's resolution, and missing_files asks its check (nothing is loaded)."""
     import numpy as np
@@ -118,6 +118,11 @@ def test_a_dataset_registered_outside_dd_declares_its_options_and_files_check(tm
         with pytest.raises(ValueError, match=r"dataset 'ticks' takes no option 'colour'; it takes: flip, res"):
             load_dataset("ticks", root=str(root), colour=1)
         assert "ticks" in DATASETS.names() and DATASETS.help("ticks").startswith("stripes")
+        from dd.cli import main
+
+        assert main(["datasets"]) == 0
+        listed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("ticks ")]
+        assert listed and listed[0].endswith("[options: res=6, flip=False]")
     finally:
         DATASETS._items.pop("ticks", None)
         DATASETS._help.pop("ticks", None)

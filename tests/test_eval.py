@@ -120,6 +120,11 @@ def test_soft_protocol_accepts_class_ids_with_an_absent_last_class():
     assert math.isfinite(out["final_loss"])
 
 
+def test_stored_protocol_needs_stored_labels():
+    with pytest.raises(ValueError, match="replays stored teacher labels: pass labels="):
+        train_model(small_model(), torch.randn(3, 1, 4, 4), torch.arange(3), get_protocol("stored", epochs=1))
+
+
 def test_teacher_protocol_needs_a_teacher():
     with pytest.raises(ValueError, match="teacher"):
         train_model(small_model(), torch.randn(3, 1, 4, 4), torch.arange(3), get_protocol("teacher", epochs=1))

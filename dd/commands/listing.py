@@ -17,5 +17,7 @@ def run(args) -> int:
         from dd.methods import METHODS as reg
     width = max(len(n) for n in reg.names())
     for n in reg.names():
-        print(f"{n:<{width}}  {reg.help(n)}")
+        options = reg.get(n).options if args.command == "datasets" else None  # a dataset's declared options
+        said = f" [options: {', '.join(f'{k}={v}' for k, v in options.items())}]" if options else ""
+        print(f"{n:<{width}}  {reg.help(n)}{said}")
     return 0

@@ -148,6 +148,9 @@ class Stored(Teacher):
     def check(self, job: TrainJob) -> None:
         from dd.data.sources import ImageSource
 
+        if job.inputs.stored is None:
+            raise ValueError(f"protocol '{job.protocol.name}' replays stored teacher labels: pass labels=... (a "
+                             "`ddtk relabel` directory, --labels DIR)")
         if isinstance(job.images, ImageSource):
             raise ValueError("stored teacher labels belong to a synthetic set's images; train on a tensor of images")
         job.inputs.stored.check(job.images, job.protocol)
