@@ -11,7 +11,7 @@ from typing import Callable
 
 from dd.data.base import (BadImageError, DatasetNotFoundError, ImageDataset, RealImages, base_name,
                           stratified_split)
-from dd.data.registry import DATASETS, DatasetEntry, register_dataset
+from dd.data.registry import DATASETS, DatasetEntry, data_root, register_dataset
 from dd.registry import import_callable
 from dd.data.sources import FileImages, ImageSource, TensorImages, Uint8Images
 from dd.data import embedded as _embedded  # noqa: F401  (registers mnist10k, digits)
@@ -116,11 +116,9 @@ def missing_files(name: str, root: str | None = None) -> list[str]:
     absent train/val directories; a dataset registered without such a check, or a `package.module:callable`, is
     loaded once and a DatasetNotFoundError becomes its one entry. Unknown names raise KeyError.
     """
-    from pathlib import Path
-
     entry = dataset_entry(name)  # KeyError naming the known datasets (or the user module that cannot be imported)
     if entry.missing is not None:
-        return [str(p) for p in entry.missing(Path(root if root is not None else ".").expanduser())]
+        return [str(p) for p in entry.missing(data_root(root))]
     try:
         load_dataset(name, root=root)
     except DatasetNotFoundError as e:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from dd.data.base import DatasetNotFoundError, ImageDataset
-from dd.data.registry import TREE_OPTIONS, DatasetEntry, absent, register_dataset
+from dd.data.registry import TREE_OPTIONS, DatasetEntry, absent, data_root, register_dataset
 from dd.data import sources
 from dd.data.sources import FileImages, Uint8Images
 
@@ -147,7 +147,7 @@ def _build(name, class_names, root, train: _Index, test: _Index, res, resize, wo
 # ---------------------------------------------------------------- Tiny-ImageNet
 
 def _tiny_base(root) -> Path:
-    return Path(root if root is not None else ".").expanduser() / "tiny-imagenet-200"
+    return data_root(root) / "tiny-imagenet-200"
 
 
 def _tiny_entries(base: Path) -> list[Path]:
@@ -214,13 +214,9 @@ def tinyimagenet(root=None, workers: int | None = None, file_backed_above_mib: f
 
 # ---------------------------------------------------------------- ImageFolder trees: ImageNet, its subsets, folder:PATH
 
-def _tree_base(root) -> Path:
-    return Path(root if root is not None else ".").expanduser()
-
-
 def _tree_missing(root, wnids: Sequence[str] | None = None) -> list[Path]:
     """train/ and val/ under root when absent, else the class folders of `wnids` absent from either (no file is read)."""
-    base = _tree_base(root)
+    base = data_root(root)
     splits = absent([base / "train", base / "val"])
     if splits or wnids is None:
         return splits
@@ -242,7 +238,7 @@ def imagefolder(name: str, root, wnids: Sequence[str] | None, names: Sequence[st
     """
     _check_resize(resize)
     res = _check_res(res)
-    base = _tree_base(root)
+    base = data_root(root)
     layout = layout or (f"expected an ImageFolder tree at {base}/{{train,val}}/<wnid>/*.JPEG (torchvision ImageNet's "
                         "layout with val sorted into class folders); pass --data-root")
     for split in ("train", "val"):

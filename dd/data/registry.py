@@ -71,6 +71,11 @@ def register_dataset(name: str, *, help: str = "", options: Optional[Mapping[str
     return deco
 
 
+def data_root(root) -> Path:
+    """The directory a loader reads under: --data-root (`root`, ~ expanded), else the working directory."""
+    return Path(root if root is not None else ".").expanduser()
+
+
 def absent(paths) -> list[Path]:
     """The paths in `paths` that do not exist."""
     return [p for p in paths if not p.exists()]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dd.data.base import DatasetNotFoundError, ImageDataset
-from dd.data.registry import absent, register_dataset
+from dd.data.registry import absent, data_root, register_dataset
 from dd.data.sources import Uint8Images
 
 DIGIT_NAMES = [str(i) for i in range(10)]
@@ -27,10 +27,6 @@ CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 CIFAR100_STATS = ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762))
 
 IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC = 2051, 2049  # 0x00000803 (uint8, 3 dims), 0x00000801 (uint8, 1 dim)
-
-
-def _root(root) -> Path:
-    return Path(root if root is not None else ".").expanduser()
 
 
 # ---------------------------------------------------------------- MNIST / FashionMNIST (idx ubyte)
@@ -67,14 +63,14 @@ IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 
 def _idx_missing(root, folder: str) -> list[Path]:
     """The idx files (plain or .gz) absent under root/folder/raw; the folder alone when it is absent."""
-    raw = _root(root) / folder / "raw"
+    raw = data_root(root) / folder / "raw"
     if not raw.is_dir():
         return [raw]
     return [raw / f for f in IDX_FILES if not (raw / f).is_file() and not (raw / f"{f}.gz").is_file()]
 
 
 def _idx_dataset(name: str, folder: str, root, stats, class_names, flip_ok: bool, archive: str) -> ImageDataset:
-    raw = _root(root) / folder / "raw"
+    raw = data_root(root) / folder / "raw"
     layout = (f"expected {name} in torchvision's format at {raw}/{{train,t10k}}-{{images-idx3,labels-idx1}}-ubyte[.gz]; "
               f"put the {archive} files there or pass --data-root")
     splits = {}
@@ -112,7 +108,7 @@ def fashion_mnist(root=None) -> ImageDataset:
 # ---------------------------------------------------------------- SVHN (.mat)
 
 def _svhn_missing(root) -> list[Path]:
-    return absent([_root(root) / f"{split}_32x32.mat" for split in ("train", "test")])
+    return absent([data_root(root) / f"{split}_32x32.mat" for split in ("train", "test")])
 
 
 @register_dataset("svhn", help="SVHN cropped digits: ROOT/{train,test}_32x32.mat (label 10 is digit 0)",
@@ -121,7 +117,7 @@ def svhn(root=None) -> ImageDataset:
     """SVHN format 2 (32x32 crops); the 'extra' split is not used, as in the DC/MTT code."""
     import scipy.io
 
-    r = _root(root)
+    r = data_root(root)
     layout = f"expected SVHN in torchvision's format at {r}/{{train,test}}_32x32.mat; put the cropped-digit .mat files there or pass --data-root"
     splits = {}
     for split in ("train", "test"):
@@ -226,7 +222,7 @@ CIFAR100_FOLDER, CIFAR100_FILES = "cifar-100-python", ("train", "test", "meta")
 
 def _folder_missing(root, folder: str, files) -> list[Path]:
     """The folder when it is absent, else the listed files absent from it."""
-    base = _root(root) / folder
+    base = data_root(root) / folder
     return [base] if not base.is_dir() else absent([base / f for f in files])
 
 
@@ -234,7 +230,7 @@ def _folder_missing(root, folder: str, files) -> list[Path]:
                   missing=lambda root: _folder_missing(root, CIFAR10_FOLDER, CIFAR10_FILES))
 def cifar10(root=None) -> ImageDataset:
     """CIFAR-10 python batches as extracted from cifar-10-python.tar.gz (torchvision's layout)."""
-    folder = _root(root) / CIFAR10_FOLDER
+    folder = data_root(root) / CIFAR10_FOLDER
     layout = (f"expected CIFAR-10 in torchvision's format at {folder}/{{data_batch_1..5,test_batch,batches.meta}}; "
               "put the extracted cifar-10-python.tar.gz there or pass --data-root")
     return _cifar_dataset("cifar10", folder, list(CIFAR10_FILES[:5]), "test_batch", "batches.meta",
@@ -245,7 +241,7 @@ def cifar10(root=None) -> ImageDataset:
                   missing=lambda root: _folder_missing(root, CIFAR100_FOLDER, CIFAR100_FILES))
 def cifar100(root=None) -> ImageDataset:
     """CIFAR-100 python files as extracted from cifar-100-python.tar.gz; the 100 fine labels are used."""
-    folder = _root(root) / CIFAR100_FOLDER
+    folder = data_root(root) / CIFAR100_FOLDER
     layout = (f"expected CIFAR-100 in torchvision's format at {folder}/{{train,test,meta}}; "
               "put the extracted cifar-100-python.tar.gz there or pass --data-root")
     return _cifar_dataset("cifar100", folder, ["train"], "test", "meta", "fine_label_names", "fine_labels", 100,
