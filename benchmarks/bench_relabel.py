@@ -17,7 +17,7 @@ import time
 import torch
 
 from dd.data import load_dataset
-from dd.eval import get_protocol
+from dd.eval import EvalInputs, get_protocol
 from dd.eval.labels import StoredLabels, relabel
 from dd.eval.train import train_model
 from dd.models import build_model
@@ -60,8 +60,8 @@ def main(argv=None) -> None:
             sync()
             t = time.perf_counter()
             train_model(student, images, torch.zeros(len(images), dtype=torch.long, device=dev), protocol, seed=0,
-                        flip_ok=ds.flip_ok, teacher=teacher if kind == "fly" else None,
-                        stored=stored if kind == "stored" else None)
+                        flip_ok=ds.flip_ok, inputs=EvalInputs(teacher=teacher if kind == "fly" else None,
+                                                              stored=stored if kind == "stored" else None))
             sync()
             return (time.perf_counter() - t) / args.epochs
 
