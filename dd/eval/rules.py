@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dd.eval.losses import distillation_loss, soft_cross_entropy
-from dd.eval.protocol import PROTOCOLS, Protocol
+from dd.eval.protocol import PROTOCOLS, Protocol, protocol_rule
 from dd.eval.views import apply_views, draw_views, epoch_generator, views_of
 
 
@@ -26,8 +26,6 @@ class EvalInputs:
 
     def rule(self, protocol: Protocol) -> "ProtocolRule":
         """The protocol that trains: stored labels replay their views whatever the protocol's teacher would do."""
-        from dd.eval.protocol import protocol_rule
-
         return PROTOCOLS.get("stored") if self.stored is not None else protocol_rule(protocol.labels)
 
 
