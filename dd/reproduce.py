@@ -44,12 +44,10 @@ KINDS = ("bench", "paper")
 PENDING = "not finished yet"  # what table.json and table.md say of a selected row a --jobs run is still on
 # run options that only change how often a run saves or what it prints, never its result
 CADENCE = {"checkpoint_minutes", "checkpoint_every", "progress", "wandb", "wandb_project"}
-# --smoke: every row shrunk to seconds (buffers: 1 expert x 1 epoch; distill: 2 iterations, no validation, short inner
-# loops and small real batches; eval: 1 epoch, 1 run); method options are shrunk only where the method has them
+# --smoke: every row shrunk to seconds (buffers: 1 expert x 1 epoch; distill: 2 iterations, no validation; eval:
+# 1 epoch, 1 run); a method's own options are shrunk as its class declares (Method.smoke, see smoke_config)
 SMOKE_BUFFER = {"experts": 1, "epochs": 1}
 SMOKE_RUN = {"iterations": 2, "eval_every": 0}
-SMOKE_METHOD = {"syn_steps": 2, "expert_epochs": 1, "batch_real": 16, "prior_iterations": 2, "prior_epochs": 1,
-                "prior_ipc": 1}
 SMOKE_EVAL = {"epochs": 1, "runs": 1}
 
 
@@ -349,16 +347,30 @@ def distill_config(row: Row, smoke: bool) -> dict:
         run["eval_epochs"] = ev.epochs
     if smoke:
         run.update({k: min(int(run.get(k, v)), v) if k == "iterations" else v for k, v in SMOKE_RUN.items()})
-        known = {f.name for f in fields(method_class(row.method).Config)}
-        for key, small in SMOKE_METHOD.items():
-            if key in known:
-                cfg[key] = small if cfg.get(key) is None else min(cfg[key], small)
-        if cfg.get("relabel_epochs"):
-            cfg["relabel_epochs"] = 1
+        cfg = smoke_config(method_class(row.method), cfg)
     source = f" from {row.config_path.name}" if row.config_path else ""
     cfg["notes"] = f"written by ddtk reproduce for row '{row.id}' of {row.spec}{source}{' (smoke)' if smoke else ''}"
     cfg["run"] = run
     return cfg
+
+
+def smoke_config(cls: type, cfg: dict) -> dict:
+    """`cfg` with the options the method class declares in `smoke` shrunk: each to the smaller of its value (the
+    config's, else the field's default) and the declared one (an unset or None value takes the declared one); an
+    option left at its default is written only when it changes. A declared name that is not a Config field raises."""
+    from dataclasses import MISSING
+
+    defaults = {f.name: None if f.default is MISSING else f.default for f in fields(cls.Config)}
+    out = dict(cfg)
+    for key, small in cls.smoke.items():
+        if key not in defaults:
+            raise ValueError(f"method '{cls.name}' declares smoke option '{key}', which is not a field of "
+                             f"{cls.Config.__name__}; declare only its own options in {cls.__name__}.smoke")
+        current = out.get(key, defaults[key])
+        new = small if current is None else min(current, small)
+        if key in out or new != current:
+            out[key] = new
+    return out
 
 
 def row_eval(row: Row, smoke: bool) -> EvalSpec:

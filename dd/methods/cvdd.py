@@ -92,6 +92,7 @@ class CVDD(CDA):
     name = "cvdd"
     Config = CVDDConfig
     teachers = (2, None)
+    smoke = {**CDA.smoke, "prior_iterations": 2, "prior_epochs": 1, "prior_ipc": 1}
     INITS = ("noise", "real", "medium")
 
     @classmethod

@@ -258,7 +258,8 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
             t0 = time.perf_counter()
             metrics = m.step(it)
             loss = metrics.get("loss", float("nan"))
-            if not torch.isfinite(torch.tensor(float(loss))) and not metrics.get("skipped"):
+            skipped = cls.skip_flag is not None and metrics.get(cls.skip_flag)
+            if not torch.isfinite(torch.tensor(float(loss))) and not skipped:
                 raise DistillationDiverged(f"{cls.name}: loss became {loss} at iteration {it}")
             metrics = {"it": it, **{k: float(v) for k, v in metrics.items()}, "sec": time.perf_counter() - t0}
             logger.log(metrics)
