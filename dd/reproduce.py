@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from dd.utils import atomic_write_json, atomic_write_text, to_jsonable
+from dd.utils import atomic_write_json, atomic_write_text, relative_paths, to_jsonable
 
 BASELINE_ROWS = {"random": "random-real", "full": "full"}  # row methods that only evaluate -> their report row names
 SPEC_KEYS = {"title", "kind", "notes", "seed", "data_root", "eval", "buffers", "rows"}
@@ -349,7 +349,8 @@ def distill_config(row: Row, smoke: bool) -> dict:
         run.update({k: min(int(run.get(k, v)), v) if k == "iterations" else v for k, v in SMOKE_RUN.items()})
         cfg = smoke_config(method_class(row.method), cfg)
     source = f" from {row.config_path.name}" if row.config_path else ""
-    cfg["notes"] = f"written by ddtk reproduce for row '{row.id}' of {row.spec}{source}{' (smoke)' if smoke else ''}"
+    spec = Path(row.spec).name  # the file's name only: the notes are for people (and no machine's directories)
+    cfg["notes"] = f"written by ddtk reproduce for row '{row.id}' of {spec}{source}{' (smoke)' if smoke else ''}"
     cfg["run"] = run
     return cfg
 
@@ -473,20 +474,20 @@ class State:
         return node
 
     def put(self, value: Any, *keys) -> None:
-        """Sets one entry and writes the file: re-read and rewritten under an flock on state.json.lock, so the
-        processes of `--jobs N` (each writing its own rows' entries) never drop each other's."""
-        import fcntl
+        """Sets one entry and writes the file: re-read and rewritten under the lock state.json.lock (dd.lock, waiting
+        for its holder), so the processes of `--jobs N` (each writing its own rows' entries) never drop each other's."""
+        from dd.lock import OutputLock
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with OutputLock(self.path.parent, command=f"ddtk reproduce: updating {self.path.name}",
+                        name=self.path.name + ".lock", wait_s=600):
             if self.path.is_file():
                 self.data = json.loads(self.path.read_text())
             node = self.data
             for k in keys[:-1]:
                 node = node.setdefault(k, {})
             node[keys[-1]] = value
-            atomic_write_json(self.path, to_jsonable(self.data))
+            self.data = relative_paths(to_jsonable(self.data), self.path.parent)  # commands name OUT's paths as ./...
+            atomic_write_json(self.path, self.data)
 
 
 def buffer_status(name: str, ctx: Context) -> tuple[str, str]:
@@ -798,7 +799,8 @@ def render_markdown(spec: Spec, entries: list[dict], buffers: dict, meta: dict) 
     head += ["recorded (%)", "Δ recorded"] if has_recorded else []
     head += ["random real, same protocol (%)", "source", "distill", "eval", "artifacts"]
     lines = [f"# {spec.title}", "",
-             f"Produced by `{meta['command']}` on {meta['finished']} ({meta['device']}).", "",
+             f"Produced by `{meta['command']}` on {meta['finished']} ({meta['device']}); paths are relative to this "
+             "file's directory.", "",
              "Accuracy: last-epoch test accuracy of fresh networks, mean ± std over the runs, in percent; Δ is ours "
              "minus the reference on the first architecture. Wall times are those of the session that finished "
              "each step (a resumed step counts only its last session).", ""]
@@ -852,11 +854,13 @@ def _cells(e: dict, has_paper: bool, has_recorded: bool) -> list[str]:
 
 
 def write_table(ctx: Context, entries: list[dict], buffers: dict, meta: dict) -> tuple[Path, Path]:
-    """OUT/table.json and OUT/table.md, atomically (rewritten after every row, so a long run shows its progress)."""
+    """OUT/table.json and OUT/table.md, atomically (rewritten after every row, so a long run shows its progress); every
+    path in them (the spec, the commands' files) is written relative to OUT, the tables' own directory."""
     j, m = ctx.out / "table.json", ctx.out / "table.md"
-    atomic_write_json(j, to_jsonable({"spec": str(ctx.spec.path), "title": ctx.spec.title, "kind": ctx.spec.kind,
-                                      **meta, "rows": entries, "buffers": buffers}))
-    atomic_write_text(m, render_markdown(ctx.spec, entries, buffers, meta))
+    atomic_write_json(j, relative_paths(to_jsonable({"spec": str(ctx.spec.path.resolve()), "title": ctx.spec.title,
+                                                     "kind": ctx.spec.kind, **meta, "rows": entries,
+                                                     "buffers": buffers}), ctx.out))
+    atomic_write_text(m, relative_paths(render_markdown(ctx.spec, entries, buffers, meta), ctx.out))
     return j, m
 
 
@@ -921,7 +925,18 @@ def reproduce(spec_path: str | Path, rows: Optional[list[str]] = None, out: str 
     from dd.lock import output_lock
 
     with output_lock(ctx.out, command=command):
-        return _run_rows(selected, ctx, command or f"ddtk reproduce {spec.path}", jobs)
+        return _run_rows(selected, ctx, reproduce_command(ctx, rows, jobs), jobs)
+
+
+def reproduce_command(ctx: Context, rows: Optional[list[str]], jobs: int) -> str:
+    """The `ddtk reproduce` command of this invocation, every path absolute (the tables write it relative to OUT)."""
+    argv = [str(ctx.spec.path.resolve()), "--out", str(ctx.out.resolve())]
+    argv += ["--rows", ",".join(rows)] if rows else []
+    argv += ["--smoke"] if ctx.smoke else []
+    argv += ["--jobs", str(jobs)] if jobs != 1 else []
+    argv += ["--device", ctx.device] if ctx.device != "auto" else []
+    argv += ["--data-root", str(Path(ctx.data_root).resolve())] if ctx.data_root else []
+    return command_text("reproduce", argv)
 
 
 def _check_row_config(row: Row, ctx: Context) -> None:

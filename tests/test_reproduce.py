@@ -352,3 +352,24 @@ def test_a_second_writer_on_the_output_directory_is_refused(tmp_path):
         with pytest.raises(OutputLocked, match="another reproduce"):
             reproduce(BENCH, rows=["random-ipc1"], out=out, smoke=True, device="cpu", log=lambda _: None)
     assert not (out / "table.json").exists()
+
+
+@pytest.mark.slow
+def test_generated_files_name_no_directory_of_the_machine_that_made_them(smoke):
+    """table.md/json, state.json, eval.md/json, distill.json and the buffers' manifests name paths relative to OUT (or
+    the file's own directory). Only a run's identity (its config.json, the set's header) keeps the inputs' paths as
+    given: it is what a rerun compares, so it must not move."""
+    out, code, _, _ = smoke
+    assert code == 0
+    root = str(out.parent)
+    texts = [p for p in out.rglob("*") if p.suffix in (".json", ".md", ".jsonl", ".txt") and p.name != "config.json"]
+    assert {p.name for p in texts} >= {"table.md", "table.json", "state.json", "eval.json", "eval.md", "distill.json",
+                                       "manifest.json"}
+    named = [str(p.relative_to(out)) for p in texts if root in p.read_text()]
+    assert not named, f"absolute paths of this machine in {named}"
+    table = json.loads((out / "table.json").read_text())
+    assert (out / table["spec"]).resolve() == BENCH.resolve()  # relative to OUT, and still right
+    assert "--out buffers/w32_lr001" in table["buffers"]["w32_lr001"]["command"]
+    report = json.loads((out / "rows" / "sre2l-ipc10" / "eval" / "eval.json").read_text())
+    spec = report["meta"]["synset"]["evaluation"]["teachers"][0]["spec"]
+    assert (out / "rows" / "sre2l-ipc10" / "eval" / spec).resolve() == (out / "buffers" / "teacher_bn_w32").resolve()

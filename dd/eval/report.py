@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dd.utils import atomic_write_json, atomic_write_text, to_jsonable, versions
+from dd.utils import atomic_write_json, atomic_write_text, relative_paths, to_jsonable, versions
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Report:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         j, m = out / f"{stem}.json", out / f"{stem}.md"
-        atomic_write_json(j, self.to_dict())
-        atomic_write_text(m, self.to_markdown())
+        atomic_write_json(j, relative_paths(self.to_dict(), out))  # paths relative to the report's directory
+        atomic_write_text(m, relative_paths(self.to_markdown(), out))
         return j, m
 
     @classmethod
