@@ -1,0 +1,98 @@
+"""Running one stage of a row (buffer, distill, eval): reuse what matches, else run it and record its wall time."""
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+from dd.utils import atomic_write_text
+from dd.reproduce.spec import BASELINE_ROWS, Row
+from dd.reproduce.plan import Context, _buffer_argv, command_text, distill_argv, distill_config, eval_argv, run_command
+from dd.reproduce.fresh import State, _digest, buffer_status, distill_plan, distill_status, eval_status, expected_identity, set_fingerprint, set_header, wanted_run
+
+
+def ensure_buffer(name: str, ctx: Context, state: State) -> dict:
+    """Records (or resumes, or reuses) one buffer recipe; returns its status record for the table."""
+    status, why = buffer_status(name, ctx)
+    argv = _buffer_argv(ctx.spec.buffers[name], ctx.buffer_dir(name), f"buffer recipe '{name}'", ctx.smoke)
+    if status == "reuse":
+        ctx.log(f"[buffer {name}] reused: {why}")
+        return {"status": "reused", "seconds": state.get("buffers", name, "seconds"), "command": command_text("buffer", argv)}
+    t0 = time.perf_counter()
+    run_command("buffer", argv, ctx.log)
+    seconds = time.perf_counter() - t0
+    record = {"status": "resumed" if status == "resume" else "ran", "seconds": seconds,
+              "command": command_text("buffer", argv), "finished": _now()}
+    state.put(record, "buffers", name)
+    return record
+
+
+def ensure_distill(row: Row, ctx: Context, state: State) -> dict:
+    """Distils a row (or resumes, restarts, reuses it); returns its status record for the table."""
+    status, why = distill_status(row, ctx, state)
+    if status == "reuse":
+        ctx.log(f"[{row.id}] distill reused: {why}")
+        return {**(state.get("rows", row.id, "distill") or {}), "status": "reused"}
+    cfg = distill_config(row, ctx.smoke)
+    atomic_write_text(ctx.distill_config_path(row), json.dumps(cfg, indent=2) + "\n")
+    kwargs = distill_plan(row, ctx)
+    identity = expected_identity(kwargs)
+    state.put({"identity": _digest(identity), "iterations": wanted_run(kwargs)["iterations"]},
+              "rows", row.id, "distill", "started")
+    ctx.log(f"[{row.id}] distill: {status} ({why})")
+    t0 = time.perf_counter()
+    run_command("distill", distill_argv(row, ctx, restart=status == "restart"), ctx.log)
+    record = {"status": {"resume": "resumed", "restart": "restarted"}.get(status, "ran"),
+              "seconds": time.perf_counter() - t0, "finished": _now(),
+              "started": state.get("rows", row.id, "distill", "started")}
+    state.put(record, "rows", row.id, "distill")
+    return record
+
+
+def ensure_eval(row: Row, ctx: Context, state: State) -> dict:
+    """Scores a row (or reuses its report); returns its status record for the table."""
+    status, why = eval_status(row, ctx, state)
+    if status == "reuse":
+        ctx.log(f"[{row.id}] eval reused: {why}")
+        return {**(state.get("rows", row.id, "eval") or {}), "status": "reused"}
+    synset = ctx.distill_dir(row) / "synset.safetensors"
+    labels = None
+    if not row.baseline:
+        labels = (json.loads(set_header(synset)["meta"]).get("evaluation") or {}).get("labels")
+    t0 = time.perf_counter()
+    run_command("eval", eval_argv(row, ctx, labels), ctx.log)
+    record = {"status": "ran", "seconds": time.perf_counter() - t0, "finished": _now(),
+              "set": None if row.baseline else set_fingerprint(synset)}
+    state.put(record, "rows", row.id, "eval")
+    return record
+
+
+def row_result(row: Row, ctx: Context) -> dict:
+    """The row's accuracies (percent) per architecture from its eval.json: the set (or baseline) and, when the
+    report has it, the random-real baseline under the same protocol."""
+    report = json.loads((ctx.eval_dir(row) / "eval.json").read_text())
+    own = BASELINE_ROWS.get(row.method)
+    ours, random_real = {}, {}
+    for r in report["rows"]:
+        entry = {"mean": 100 * r["mean"], "std": 100 * r["std"], "accs": [100 * a for a in r["accs"]],
+                 "lr": (r.get("extra") or {}).get("lr")}
+        if (own is None and r["name"] not in BASELINE_ROWS.values()) or r["name"] == own:
+            ours[r["arch"]] = entry
+        elif r["name"] == "random-real":
+            random_real[r["arch"]] = entry
+    protocol = report["meta"]["protocol"]
+    return {"ours": ours, "random_real": random_real or None, "protocol": protocol.get("name"),
+            "epochs": protocol.get("epochs"), "runs": report["meta"].get("runs")}
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _run_row(row: Row, ctx: Context, state: State, stages: dict) -> dict:
+    """Distill (unless a baseline) and eval of one row whose buffers are recorded, each stage's record added to
+    `stages` as it finishes (a failure leaves the ones done); the row's result."""
+    if not row.baseline:
+        stages["distill"] = ensure_distill(row, ctx, state)
+    stages["eval"] = ensure_eval(row, ctx, state)
+    return row_result(row, ctx)
