@@ -51,6 +51,10 @@ class RunConfig:
     progress: bool = True
 
 
+# RunConfig options that only change how often a run saves or what it prints, never its result
+CADENCE = frozenset({"checkpoint_minutes", "checkpoint_every", "progress", "wandb", "wandb_project"})
+
+
 @dataclass
 class DistillResult:
     synset: SyntheticSet
@@ -158,6 +162,35 @@ def run_identity(method: str, dataset: str, ipc: int, *, buffer: str | Path | No
     res = resolution(name, data_options)
     return _identity(cls.name, name, ipc, seed, asdict(mcfg), run_config(run), inputs,
                      image_size=[res, res] if res is not None else None)
+
+
+def run_finished(out: str | Path, identity: dict, run: RunConfig | dict | None) -> bool:
+    """Does `out` hold the finished set of the run with this identity (see run_identity) and run options: its
+    config.json is the identity, and its set's metadata records the same method, data, inputs, config and run
+    options (CADENCE aside)?"""
+    from dd.synset import read_header
+
+    out = Path(out)
+    header = read_header(out / "synset.safetensors")
+    if header is None or not (out / "config.json").is_file():
+        return False
+    if json.loads((out / "config.json").read_text()) != identity:
+        return False
+    meta = json.loads(header.get("meta", "{}"))
+    same = all(meta.get(k) == identity[k] for k in ("method", "ipc", "seed", "config", "inputs", "dataset"))
+    wanted = {k: v for k, v in to_jsonable(asdict(run_config(run))).items() if k not in CADENCE}
+    return same and {k: v for k, v in (meta.get("run") or {}).items() if k not in CADENCE} == wanted
+
+
+def checkpoint_identity(path: str | Path) -> Optional[dict]:
+    """The identity a distill checkpoint was written for (None when there is none or it is unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {})["identity"])
+    except Exception:  # noqa: BLE001 - unreadable is the answer, not an error
+        return None
 
 
 def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),

@@ -30,15 +30,15 @@ from dd.reproduce.spec import (BASELINE_ROWS, EVAL_KEYS, KINDS, ROW_KEYS, SPEC_K
                                load_spec, select_rows)
 from dd.reproduce.plan import (SMOKE_BUFFER, SMOKE_EVAL, SMOKE_RUN, Context, command_text, distill_argv, distill_config,
                                eval_argv, input_specs, missing_inputs, recipes_of, row_eval, smoke_config)
-from dd.reproduce.fresh import (CADENCE, State, buffer_status, distill_complete, distill_status, eval_status,
-                                expected_identity, set_fingerprint, wanted_run)
+from dd.reproduce.fresh import (CADENCE, State, buffer_status, distill_status, eval_status, expected_identity,
+                                set_fingerprint, wanted_run)
 from dd.reproduce.stages import ensure_buffer, ensure_distill, ensure_eval, row_result
 from dd.reproduce.table import PENDING, render_markdown, table_entry, write_table
 from dd.reproduce.runner import default_out, describe, reproduce
 
 __all__ = ["BASELINE_ROWS", "CADENCE", "EVAL_KEYS", "KINDS", "PENDING", "ROW_KEYS", "SMOKE_BUFFER", "SMOKE_EVAL",
            "SMOKE_RUN", "SPEC_KEYS", "Context", "EvalSpec", "Row", "Spec", "SpecError", "State", "buffer_status",
-           "command_text", "default_out", "describe", "distill_argv", "distill_complete", "distill_config",
+           "command_text", "default_out", "describe", "distill_argv", "distill_config",
            "distill_status", "ensure_buffer", "ensure_distill", "ensure_eval", "eval_argv", "eval_status",
            "expected_identity", "input_specs", "load_spec", "missing_inputs", "recipes_of", "render_markdown",
            "reproduce", "row_eval", "row_result", "select_rows", "set_fingerprint", "smoke_config", "table_entry",

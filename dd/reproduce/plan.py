@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from dd.reproduce.spec import EvalSpec, Row, Spec, SpecError, _check_keys
+from dd.reproduce.spec import EvalSpec, Row, Spec, SpecError, _check_keys, split_expert
 
 
 # --smoke: every row shrunk to seconds (buffers: 1 expert x 1 epoch; distill: 2 iterations, no validation; eval:
@@ -51,49 +51,26 @@ class Context:
 
 
 def command_text(name: str, argv: list[str]) -> str:
-    """The command as typed at a shell."""
+    """The command as typed at a shell (shown to the user; reproduce itself calls the library)."""
     return shlex.join(["ddtk", name, *argv])
 
 
-def _buffer_argv(recipe: dict, out: Path, where: str, smoke: bool = False) -> list[str]:
-    """`ddtk buffer` arguments for a recipe (keys: the command's option names with '_', e.g. weight_decay, dsa,
-    model_options, expert_kind), parsed once to refuse unknown options and bad values before anything runs."""
-    from dd.cli import command_parser
-
-    _check_keys(recipe, set(_option_flags("buffer")) | {"notes"}, where)
-    options = {k: v for k, v in recipe.items() if k != "notes"}
-    if smoke:
-        options.update({k: min(int(options.get(k) or v), v) for k, v in SMOKE_BUFFER.items()})
-    argv = _to_argv("buffer", options) + ["--out", str(out)]
-    try:
-        command_parser("buffer").parse_args(argv)
-    except SystemExit:
-        raise SpecError(f"{where}: `{command_text('buffer', argv)}` does not parse (see the message above)") from None
-    return argv
+# how the ddtk commands spell the options whose flag is not --NAME-WITH-DASHES (for the commands shown to the user)
+FLAGS = {"model_options": "--model-option", "protocol_options": "--protocol-option", "quiet": "--quiet"}
+REPEATED = {"model_options", "protocol_options"}  # KEY=VALUE options given once per item
 
 
-def _option_flags(command: str) -> dict[str, Any]:
-    """dest -> argparse action of a command's options (what a recipe may set), without the run-level ones."""
-    from dd.cli import command_parser
+def option_argv(options: dict, defaults: dict) -> list[str]:
+    """{name: value} as the ddtk commands spell them: --name-with-dashes VALUE; a true boolean as --flag, a false one
+    as --no-flag where the option is on by default (else left out); KEY=VALUE options repeated per item."""
+    from dd.data import DATA_OPTIONS
 
-    skip = {"help", "out", "device", "data_root"}
-    return {a.dest: a for a in command_parser(command)._actions if a.option_strings and a.dest not in skip}
-
-
-def _to_argv(command: str, options: dict) -> list[str]:
-    """{dest: value} -> command-line arguments, through the command's own option table."""
-    import argparse
-
-    actions = _option_flags(command)
     argv: list[str] = []
-    for dest, value in options.items():
-        action = actions[dest]
-        flag = action.option_strings[0]
-        if isinstance(action, argparse.BooleanOptionalAction):
-            argv.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(action, argparse._StoreTrueAction):
-            argv += [flag] if value else []
-        elif isinstance(action, argparse._AppendAction):
+    for name, value in options.items():
+        flag = FLAGS.get(name) or DATA_OPTIONS.get(name) or "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else (["--no-" + flag[2:]] if defaults.get(name) is True else [])
+        elif name in REPEATED:
             items = [f"{k}={_text(v)}" for k, v in value.items()] if isinstance(value, dict) else list(value)
             for item in items:
                 argv += [flag, _text(item)]
@@ -111,6 +88,46 @@ def _text(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value)
     return str(value)
+
+
+@dataclass(frozen=True)
+class BufferPlan:
+    """One buffer recipe planned: the BufferConfig it records, how its data is read, and the equivalent command."""
+
+    config: Any  # dd.buffers.BufferConfig
+    out: Path
+    data_options: dict
+    progress: bool
+    command: str
+
+
+def buffer_plan(recipe: dict, out: Path, where: str, smoke: bool = False, common: tuple = ()) -> BufferPlan:
+    """A recipe (keys: `ddtk buffer`'s option names with '_': dd.buffers.config.BufferRecipe's fields, the data
+    options, quiet) planned, its options checked (unknown names, types, values) before anything runs."""
+    from dataclasses import asdict
+
+    from dd.buffers.config import BufferRecipe
+    from dd.data import DATA_OPTIONS
+    from dd.methods.base import config_from_dict
+
+    names = {f.name for f in fields(BufferRecipe)}
+    _check_keys(recipe, names | set(DATA_OPTIONS) | {"quiet", "notes"}, where)
+    options = {k: v for k, v in recipe.items() if k != "notes"}
+    if smoke:
+        options.update({k: min(int(options.get(k) or v), v) for k, v in SMOKE_BUFFER.items()})
+    try:
+        config = config_from_dict(BufferRecipe, {k: v for k, v in options.items() if k in names}).config()
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"{where}: {e}") from None
+    argv = option_argv(options, asdict(BufferRecipe())) + list(common) + ["--out", str(out)]
+    return BufferPlan(config, out, {k: options[k] for k in DATA_OPTIONS if k in options},
+                      not options.get("quiet"), command_text("buffer", argv))
+
+
+def recipe_plan(name: str, ctx: Context) -> BufferPlan:
+    """The plan of the spec's buffer recipe `name`, recorded into OUT/buffers/NAME."""
+    return buffer_plan(ctx.spec.buffers[name], ctx.buffer_dir(name), f"buffer recipe '{name}'", ctx.smoke,
+                       tuple(ctx.common_argv()))
 
 
 def distill_config(row: Row, smoke: bool) -> dict:
@@ -184,8 +201,8 @@ def input_specs(row: Row, ctx: Context) -> tuple[Optional[str], list[str]]:
     """(buffer, teachers) as the distill command gets them: recipe names become OUT/buffers/NAME (keeping '@E'),
     anything else (a path, a module:callable) is passed as written; the row's entries win over its config file's."""
     def resolve(spec: str) -> str:
-        name, at, expert = spec.rpartition("@") if "@" in spec else (spec, "", "")
-        return f"{ctx.buffer_dir(name)}{at}{expert}" if name in ctx.spec.buffers else spec
+        name, expert = split_expert(spec)
+        return f"{ctx.buffer_dir(name)}{expert}" if name in ctx.spec.buffers else spec
 
     buffer = row.buffer or row.base.get("buffer")
     teachers = row.teachers or list(row.base.get("teachers", []))
@@ -194,7 +211,7 @@ def input_specs(row: Row, ctx: Context) -> tuple[Optional[str], list[str]]:
 
 def recipes_of(row: Row, spec: Spec) -> list[str]:
     """The spec's buffer recipes a row needs (its buffer and the teachers that name one), in order, once each."""
-    names = [row.buffer] + [str(t).rpartition("@")[0] or str(t) for t in row.teachers]
+    names = [row.buffer] + [split_expert(str(t))[0] for t in row.teachers]
     return [n for n in dict.fromkeys(names) if n and n in spec.buffers]
 
 
@@ -227,20 +244,38 @@ def eval_argv(row: Row, ctx: Context, labels: Optional[str] = None) -> list[str]
     return argv + ["--seed", str(row.seed), *ctx.common_argv(), "--out", str(ctx.eval_dir(row))]
 
 
-def run_command(name: str, argv: list[str], log: Callable[[str], None]) -> None:
-    """Runs `ddtk NAME ARGV` in this process, parsed by the command's own parser; a failure raises."""
-    from dd.cli import command_parser
+def distill_kwargs(row: Row, ctx: Context, restart: bool = False) -> dict:
+    """The keyword arguments of dd.methods.distill for a row: what `ddtk distill` makes of distill_argv (the row's
+    config file, its inputs, seed, device and data root), built directly."""
+    cfg = distill_config(row, ctx.smoke)
+    run = dict(cfg.pop("run"))
+    run["wandb"] = run.get("wandb", False)  # as `ddtk distill` reads a config file
+    cfg.pop("notes", None)
+    method, dataset, ipc = cfg.pop("method"), cfg.pop("dataset"), cfg.pop("ipc")
+    teacher_model = cfg.pop("teacher_model", None)
+    buffer, teachers = input_specs(row, ctx)
+    return dict(method=method, dataset=dataset, ipc=ipc, out=str(ctx.distill_dir(row)), buffer=buffer,
+                teachers=teachers or (), teacher_model=teacher_model, config=cfg, run=run, device=ctx.device,
+                seed=row.seed, data_root=ctx.data_root or None, resume=not restart, data_options={})
 
-    log(f"$ {command_text(name, argv)}")
-    args = command_parser(name).parse_args(argv)
-    code = int(args._run(args) or 0)
-    if code:
-        raise RuntimeError(f"`{command_text(name, argv)}` exited with status {code}")
+
+def eval_kwargs(row: Row, ctx: Context, recorded=None) -> dict:
+    """The keyword arguments of dd.eval.run.evaluate_set for a row (what `ddtk eval` makes of eval_argv), the set
+    aside; `recorded`: the protocol the set records (used when the row names none)."""
+    from dd.eval.run import resolve_protocol
+
+    ev = row_eval(row, ctx.smoke)
+    baselines = [row.method] if row.baseline else list(ev.baselines)
+    return dict(archs=list(ev.archs), protocol=resolve_protocol(ev.protocol, recorded, epochs=ev.epochs,
+                                                                options=ev.options),
+                runs=ev.runs, dataset=row.dataset if row.baseline else None, ipc=row.ipc if row.baseline else None,
+                baselines=baselines, full_epochs=ev.epochs or 30, full_runs=ev.runs if baselines else 1,
+                lr_search=[float(v) for v in ev.lr_search] or None, seed=row.seed, data_root=ctx.data_root or None)
 
 
 def _input_path(spec: str) -> Path:
     """The file or directory behind a buffer/teacher spec (DIR@E names DIR)."""
-    return Path(spec.rpartition("@")[0] if "@" in spec and not Path(spec).exists() else spec)
+    return Path(split_expert(spec)[0] if not Path(spec).exists() else spec)
 
 
 def _is_path_like(spec: str) -> bool:

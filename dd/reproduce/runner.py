@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from dd.reproduce.spec import Row, SpecError, load_spec, select_rows
-from dd.reproduce.plan import Context, _buffer_argv, command_text, distill_argv, distill_config, eval_argv, input_specs, missing_inputs, recipes_of, row_eval
+from dd.reproduce.plan import (Context, command_text, distill_argv, distill_config, eval_argv, input_specs,
+                               missing_inputs, recipe_plan, recipes_of, row_eval)
 from dd.reproduce.fresh import State, buffer_status, distill_status, eval_status
 from dd.reproduce.stages import _now, _run_row, ensure_buffer, row_result
 from dd.reproduce.table import PENDING, table_entry, write_table
@@ -88,8 +89,7 @@ def describe(rows: list[Row], ctx: Context) -> int:
     state = State(ctx.out / "state.json")
     log("buffers and teachers:")
     for name in dict.fromkeys(n for r in rows for n in recipes_of(r, ctx.spec)):
-        argv = _buffer_argv(ctx.spec.buffers[name], ctx.buffer_dir(name), f"buffer recipe '{name}'", ctx.smoke)
-        log(f"  [{_status_or_conflict(lambda: buffer_status(name, ctx))}] {command_text('buffer', argv)}")
+        log(f"  [{_status_or_conflict(lambda: buffer_status(name, ctx))}] {recipe_plan(name, ctx).command}")
     for row in rows:
         ref = row.paper or row.recorded
         log(f"row {row.id}: {row.method} on {row.dataset}" + (f", IPC {row.ipc}" if row.ipc else "")

@@ -96,10 +96,10 @@ def load_spec(path: str | Path) -> Spec:
     if kind not in KINDS:
         raise SpecError(f"{path}: kind must be one of {KINDS}, got {kind!r}")
     buffers = data.get("buffers", {})
-    from dd.reproduce.plan import _buffer_argv
+    from dd.reproduce.plan import buffer_plan
 
     for name, recipe in buffers.items():
-        _buffer_argv(recipe, Path("OUT") / name, where=f"{path}: buffer recipe '{name}'")  # parses, or says why not
+        buffer_plan(recipe, Path("OUT") / name, where=f"{path}: buffer recipe '{name}'")  # checked, or says why not
     defaults = data.get("eval", {})
     _check_keys(defaults, EVAL_KEYS, f"{path}: eval")
     rows = [_row(d, i, path, defaults, int(data.get("seed", 0)), kind, buffers) for i, d in enumerate(data.get("rows", []))]
@@ -158,7 +158,7 @@ def _row(d: dict, index: int, spec_path: Path, eval_defaults: dict, seed: int, k
     if kind == "paper" and paper is None:
         raise SpecError(f"{where}: a paper spec needs the paper's number and its source in every row: "
                         '"paper": {"value": ..., "source": "..."}')
-    for name in [d.get("buffer")] + [str(t).rpartition("@")[0] or str(t) for t in d.get("teachers", [])]:
+    for name in [d.get("buffer")] + [split_expert(str(t))[0] for t in d.get("teachers", [])]:
         if name and name not in buffers and _looks_like_recipe(name):
             raise SpecError(f"{where}: '{name}' is neither a buffer recipe of this spec ({', '.join(buffers) or 'none'}) "
                             "nor a path")
@@ -170,6 +170,13 @@ def _row(d: dict, index: int, spec_path: Path, eval_defaults: dict, seed: int, k
                dict(d.get("options", {})), dict(d.get("run", {})), d.get("buffer"), list(d.get("teachers", [])),
                d.get("teacher_model"), ev, paper, recorded, int(d.get("seed", seed)), d.get("notes", ""),
                str(spec_path))
+
+
+def split_expert(spec: str) -> tuple[str, str]:
+    """'DIR@E' -> ('DIR', '@E'); anything else -> (spec, '') (the one place reproduce reads the DIR@E form;
+    dd.teachers' parser may replace it)."""
+    name, at, expert = spec.rpartition("@")
+    return (name, at + expert) if at else (spec, "")
 
 
 def _looks_like_recipe(name: str) -> bool:
