@@ -4,8 +4,9 @@ A spec (JSON, `experiments/tables/`) names the rows of one table. A row is a met
 (a config file from `experiments/` and/or inline options; its expert buffer or teachers named by recipe, so rows
 share them), how the result is scored (protocol, architectures, epochs, runs, baselines) and the number it is
 compared with (the paper's, with its source; or, for the CPU bench, the number recorded in the repository). For every
-row the command runs the `ddtk buffer` -> `ddtk distill` -> `ddtk eval` commands a person would type: they are
-printed, parsed by the same parsers and run in this process, each writing its own directory under OUT:
+row it records the buffers, distils and scores by calling the library (dd.buffers.record_buffer, dd.methods.distill,
+dd.eval.run.evaluate_set) in this process, and prints the equivalent `ddtk buffer` -> `ddtk distill` -> `ddtk eval`
+commands for people; each stage writes its own directory under OUT:
 
   OUT/buffers/NAME/              one per buffer recipe, shared by every row that names it
   OUT/rows/ID/distill.json       the row's whole config (what `ddtk distill --config` reads)
@@ -30,13 +31,13 @@ from dd.reproduce.spec import (BASELINE_ROWS, EVAL_KEYS, KINDS, ROW_KEYS, SPEC_K
                                load_spec, select_rows)
 from dd.reproduce.plan import (SMOKE_BUFFER, SMOKE_EVAL, SMOKE_RUN, Context, command_text, distill_argv, distill_config,
                                eval_argv, input_specs, missing_inputs, recipes_of, row_eval, smoke_config)
-from dd.reproduce.fresh import (CADENCE, State, buffer_status, distill_status, eval_status, expected_identity,
+from dd.reproduce.fresh import (State, buffer_status, distill_status, eval_status, expected_identity,
                                 set_fingerprint, wanted_run)
 from dd.reproduce.stages import ensure_buffer, ensure_distill, ensure_eval, row_result
 from dd.reproduce.table import PENDING, render_markdown, table_entry, write_table
 from dd.reproduce.runner import default_out, describe, reproduce
 
-__all__ = ["BASELINE_ROWS", "CADENCE", "EVAL_KEYS", "KINDS", "PENDING", "ROW_KEYS", "SMOKE_BUFFER", "SMOKE_EVAL",
+__all__ = ["BASELINE_ROWS", "EVAL_KEYS", "KINDS", "PENDING", "ROW_KEYS", "SMOKE_BUFFER", "SMOKE_EVAL",
            "SMOKE_RUN", "SPEC_KEYS", "Context", "EvalSpec", "Row", "Spec", "SpecError", "State", "buffer_status",
            "command_text", "default_out", "describe", "distill_argv", "distill_config",
            "distill_status", "ensure_buffer", "ensure_distill", "ensure_eval", "eval_argv", "eval_status",

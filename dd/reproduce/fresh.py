@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from dd.methods.driver import CADENCE  # noqa: F401  (re-exported: the run options a reuse ignores)
 from dd.utils import atomic_write_json, relative_paths, to_jsonable
 from dd.reproduce.spec import BASELINE_ROWS, Row, split_expert
-from dd.reproduce.plan import Context, _input_present, distill_kwargs, eval_kwargs, recipe_plan, recipes_of
+from dd.reproduce.plan import Context, distill_kwargs, eval_kwargs, input_present, recipe_plan, recipes_of
 
 
 class State:
@@ -76,7 +75,7 @@ def wanted_run(kwargs: dict) -> dict:
     """The run options the set must record (cadence options aside)."""
     from dataclasses import asdict
 
-    from dd.methods.driver import run_config
+    from dd.methods.driver import CADENCE, run_config
 
     return {k: v for k, v in to_jsonable(asdict(run_config(kwargs["run"]))).items() if k not in CADENCE}
 
@@ -96,7 +95,8 @@ def set_meta(path: Path) -> Optional[dict]:
     return None if header is None else json.loads(header.get("meta", "{}"))
 
 
-def _digest(obj: Any) -> str:
+def json_digest(obj: Any) -> str:
+    """sha256 of `obj` as sorted JSON (how state.json records the identity a distill directory was started for)."""
     return hashlib.sha256(json.dumps(to_jsonable(obj), sort_keys=True).encode()).hexdigest()
 
 
@@ -111,17 +111,17 @@ def distill_status(row: Row, ctx: Context, state: State) -> tuple[str, str]:
         return "run", "after its buffer/teachers are recorded"
     own = {str(ctx.buffer_dir(n)) for n in recipes}
     external = [p for p in [kwargs["buffer"], *kwargs["teachers"]] if p and split_expert(p)[0] not in own]
-    if not all(_input_present(p) for p in external):
+    if not all(input_present(p) for p in external):
         return "run", "once its input files are there"
     identity = expected_identity(kwargs)
     out = ctx.distill_dir(row)
     if run_finished(out, identity, kwargs["run"]):
-        return "reuse", f"config.json identity {_digest(identity)[:12]} and the set's run options match"
+        return "reuse", f"config.json identity {json_digest(identity)[:12]} and the set's run options match"
     ckpt = out / CHECKPOINT
     if not ckpt.is_file():
         return "run", "no set or checkpoint yet"
     started = state.get("rows", row.id, "distill", "started") or {}
-    if checkpoint_identity(ckpt) == identity and started == {"identity": _digest(identity),
+    if checkpoint_identity(ckpt) == identity and started == {"identity": json_digest(identity),
                                                             "iterations": wanted_run(kwargs)["iterations"]}:
         return "resume", "its checkpoint belongs to this run"
     return "restart", "its checkpoint was made with other settings (or by another command)"

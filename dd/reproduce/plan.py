@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from dd.reproduce.spec import EvalSpec, Row, Spec, SpecError, _check_keys, split_expert
+from dd.reproduce.spec import EvalSpec, Row, Spec, SpecError, check_keys, split_expert
 
 
 # --smoke: every row shrunk to seconds (buffers: 1 expert x 1 epoch; distill: 2 iterations, no validation; eval:
@@ -111,7 +111,7 @@ def buffer_plan(recipe: dict, out: Path, where: str, smoke: bool = False, common
     from dd.methods.base import config_from_dict
 
     names = {f.name for f in fields(BufferRecipe)}
-    _check_keys(recipe, names | set(DATA_OPTIONS) | {"quiet", "notes"}, where)
+    check_keys(recipe, names | set(DATA_OPTIONS) | {"quiet", "notes"}, where)
     options = {k: v for k, v in recipe.items() if k != "notes"}
     if smoke:
         options.update({k: min(int(options.get(k) or v), v) for k, v in SMOKE_BUFFER.items()})
@@ -283,7 +283,7 @@ def _is_path_like(spec: str) -> bool:
     return not (":" in spec and not spec.endswith((".pt", ".pth", ".safetensors", ".ckpt", ".bin")))
 
 
-def _input_present(spec: str) -> bool:
+def input_present(spec: str) -> bool:
     """Is an input the spec does not record itself (a weights file, a buffer made elsewhere) on disk?"""
     return not _is_path_like(spec) or _input_path(spec).exists()
 
@@ -311,7 +311,7 @@ def missing_inputs(rows: list[Row], ctx: Context) -> list[str]:
         buffer, teachers = input_specs(row, ctx)
         own = {str(ctx.buffer_dir(n)) for n in recipes_of(row, ctx.spec)}
         for spec in [buffer, *teachers]:
-            if spec and str(_input_path(spec)) not in own and not _input_present(spec):
+            if spec and str(_input_path(spec)) not in own and not input_present(spec):
                 absent_inputs.setdefault(spec, []).append(row.id)
     for spec, ids in absent_inputs.items():
         lines.append(f"input {spec} does not exist; needed by {', '.join(ids)} (a file the spec expects you to have: "

@@ -9,9 +9,9 @@ from dd.reproduce.spec import Row, SpecError, load_spec, select_rows
 from dd.reproduce.plan import (Context, command_text, distill_argv, distill_config, eval_argv, input_specs,
                                missing_inputs, recipe_plan, recipes_of, row_eval)
 from dd.reproduce.fresh import State, buffer_status, distill_status, eval_status
-from dd.reproduce.stages import _now, _run_row, ensure_buffer, row_result
+from dd.reproduce.stages import ensure_buffer, now, row_result, run_row
 from dd.reproduce.table import PENDING, table_entry, write_table
-from dd.reproduce.scheduler import _run_parallel
+from dd.reproduce.scheduler import run_parallel
 
 
 def default_out(spec_path: Path, smoke: bool) -> Path:
@@ -128,14 +128,14 @@ def _status_or_conflict(check: Callable[[], tuple[str, str]]) -> str:
 
 
 def _run_rows(rows: list[Row], ctx: Context, command: str, jobs: int = 1) -> int:
-    """Buffers -> distill -> eval for every row (`jobs` at a time, see _run_parallel); a failed row is reported in
+    """Buffers -> distill -> eval for every row (`jobs` at a time, see run_parallel); a failed row is reported in
     the table and the next row goes on. Rows left out by --rows are still listed: with their numbers when their
     artifacts are all there and match."""
     from dd.utils import resolve_device
 
     state = State(ctx.out / "state.json")
     meta = {"command": command, "device": f"--device {ctx.device}: {resolve_device(ctx.device)}",
-            "smoke": ctx.smoke, "started": _now(), "finished": None, "jobs": jobs}
+            "smoke": ctx.smoke, "started": now(), "finished": None, "jobs": jobs}
     buffers: dict[str, dict] = {}
     finished: dict[str, dict] = {}
     selected = {r.id for r in rows}
@@ -155,11 +155,11 @@ def _run_rows(rows: list[Row], ctx: Context, command: str, jobs: int = 1) -> int
         if error:
             ctx.log(f"[{row.id}] failed: {error}")
         finished[row.id] = table_entry(row, ctx, stages, result, error)
-        meta["finished"] = _now()
+        meta["finished"] = now()
         write_table(ctx, entries(), buffers, meta)
 
     if jobs > 1:
-        _run_parallel(rows, ctx, jobs, buffers, done)
+        run_parallel(rows, ctx, jobs, buffers, done)
     else:
         for row in rows:
             stages, result, error = {}, None, None
@@ -168,7 +168,7 @@ def _run_rows(rows: list[Row], ctx: Context, command: str, jobs: int = 1) -> int
                     if name not in buffers:
                         buffers[name] = ensure_buffer(name, ctx, state)
                     stages[f"buffer {name}"] = buffers[name]
-                result = _run_row(row, ctx, state, stages)
+                result = run_row(row, ctx, state, stages)
             except Exception as e:  # noqa: BLE001 - one row's failure is reported; the others still run
                 error = f"{type(e).__name__}: {e}"
             done(row, stages, result, error)

@@ -7,10 +7,10 @@ from typing import Callable, Optional
 from dd.reproduce.spec import Row, load_spec
 from dd.reproduce.plan import Context, recipes_of
 from dd.reproduce.fresh import State
-from dd.reproduce.stages import _run_row, ensure_buffer
+from dd.reproduce.stages import ensure_buffer, run_row
 
 
-def _run_parallel(rows: list[Row], ctx: Context, jobs: int, buffers: dict[str, dict],
+def run_parallel(rows: list[Row], ctx: Context, jobs: int, buffers: dict[str, dict],
                   done: Callable[[Row, dict, Optional[dict], Optional[str]], None]) -> None:
     """`jobs` worker processes (spawned), each running one buffer recipe or one row (distill + eval) at a time.
     The next job is the first row in spec order that can start: the row itself when its buffers are recorded,
@@ -80,7 +80,7 @@ def _run_parallel(rows: list[Row], ctx: Context, jobs: int, buffers: dict[str, d
 
 def _job(kind: str, name: str, spec_path: str, out: str, smoke: bool, device: str, data_root: Optional[str],
          threads: int):
-    """One job of _run_parallel, in its worker process: a buffer recipe's record, or a row's (distill and eval
+    """One job of run_parallel, in its worker process: a buffer recipe's record, or a row's (distill and eval
     stages, result); the parent adds the buffer stages from its own records."""
     import torch
 
@@ -92,5 +92,5 @@ def _job(kind: str, name: str, spec_path: str, out: str, smoke: bool, device: st
         return ensure_buffer(name, ctx, state)
     row = next(r for r in spec.rows if r.id == name)
     stages: dict = {}
-    result = _run_row(row, ctx, state, stages)
+    result = run_row(row, ctx, state, stages)
     return stages, result

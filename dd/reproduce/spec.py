@@ -91,7 +91,7 @@ def load_spec(path: str | Path) -> Spec:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise SpecError(f"{path} is not valid JSON ({e})") from e
-    _check_keys(data, SPEC_KEYS, str(path))
+    check_keys(data, SPEC_KEYS, str(path))
     kind = data.get("kind", "paper")
     if kind not in KINDS:
         raise SpecError(f"{path}: kind must be one of {KINDS}, got {kind!r}")
@@ -101,7 +101,7 @@ def load_spec(path: str | Path) -> Spec:
     for name, recipe in buffers.items():
         buffer_plan(recipe, Path("OUT") / name, where=f"{path}: buffer recipe '{name}'")  # checked, or says why not
     defaults = data.get("eval", {})
-    _check_keys(defaults, EVAL_KEYS, f"{path}: eval")
+    check_keys(defaults, EVAL_KEYS, f"{path}: eval")
     rows = [_row(d, i, path, defaults, int(data.get("seed", 0)), kind, buffers) for i, d in enumerate(data.get("rows", []))]
     if not rows:
         raise SpecError(f"{path} names no rows")
@@ -112,7 +112,7 @@ def load_spec(path: str | Path) -> Spec:
     return Spec(path, data.get("title", path.stem), kind, data.get("notes", ""), data.get("data_root"), buffers, rows)
 
 
-def _check_keys(d: dict, known: set, where: str) -> None:
+def check_keys(d: dict, known: set, where: str) -> None:
     if not isinstance(d, dict):
         raise SpecError(f"{where} must be a JSON object, got {type(d).__name__}")
     unknown = sorted(set(d) - known)
@@ -124,7 +124,7 @@ def _row(d: dict, index: int, spec_path: Path, eval_defaults: dict, seed: int, k
     """One spec row, checked (see load_spec)."""
     label = d.get("id", "no id") if isinstance(d, dict) else repr(d)
     where = f"{spec_path}: row {index + 1} ({label})"
-    _check_keys(d, ROW_KEYS, where)
+    check_keys(d, ROW_KEYS, where)
     for key in ("id", "method", "dataset"):
         if not isinstance(d.get(key), str) or not d[key]:
             raise SpecError(f"{where}: '{key}' is required (a non-empty string)")
@@ -188,7 +188,7 @@ def _eval_spec(row_eval: dict, defaults: dict, base: dict, where: str) -> EvalSp
     """The row's eval options: the row's > its config file's run section (eval_models, eval_epochs, eval_runs,
     eval_options) > the spec's defaults > the command's defaults. Baselines come from the row or the spec only (a
     config's baselines are about its own report; the table decides which baselines it shows)."""
-    _check_keys(row_eval, EVAL_KEYS, f"{where}: eval")
+    check_keys(row_eval, EVAL_KEYS, f"{where}: eval")
     run = base.get("run", {})
     from_config = {k: v for k, v in (("archs", run.get("eval_models")), ("epochs", run.get("eval_epochs")),
                                      ("runs", run.get("eval_runs")), ("options", run.get("eval_options")))

@@ -10,7 +10,7 @@ from dd.utils import atomic_write_text
 from dd.reproduce.spec import BASELINE_ROWS, Row
 from dd.reproduce.plan import (Context, command_text, distill_argv, distill_config, distill_kwargs, eval_argv,
                                eval_kwargs, recipe_plan)
-from dd.reproduce.fresh import (State, _digest, buffer_status, distill_status, eval_status, expected_identity,
+from dd.reproduce.fresh import (State, buffer_status, distill_status, eval_status, expected_identity, json_digest,
                                 set_fingerprint, wanted_run)
 
 
@@ -32,7 +32,7 @@ def ensure_buffer(name: str, ctx: Context, state: State) -> dict:
     accs = ", ".join(f"{100 * store.final_accuracy(k):.2f}" for k in range(store.num_experts))
     ctx.log(f"{store}\nfinal test accuracy per expert (%): {accs}")
     record = {"status": "resumed" if status == "resume" else "ran", "seconds": seconds, "command": plan.command,
-              "finished": _now()}
+              "finished": now()}
     state.put(record, "buffers", name)
     return record
 
@@ -50,7 +50,7 @@ def ensure_distill(row: Row, ctx: Context, state: State) -> dict:
     atomic_write_text(ctx.distill_config_path(row), json.dumps(cfg, indent=2) + "\n")
     kwargs = distill_kwargs(row, ctx, restart=status == "restart")
     identity = expected_identity(kwargs)
-    state.put({"identity": _digest(identity), "iterations": wanted_run(kwargs)["iterations"]},
+    state.put({"identity": json_digest(identity), "iterations": wanted_run(kwargs)["iterations"]},
               "rows", row.id, "distill", "started")
     ctx.log(f"[{row.id}] distill: {status} ({why})")
     ctx.log(f"$ {command_text('distill', distill_argv(row, ctx, restart=status == 'restart'))}")
@@ -59,7 +59,7 @@ def ensure_distill(row: Row, ctx: Context, state: State) -> dict:
     report = " and eval.md" if res.report is not None else " (no report: eval_runs is 0)"
     ctx.log(f"wrote {ctx.distill_dir(row) / 'synset.safetensors'}, synset.png{report}")
     record = {"status": {"resume": "resumed", "restart": "restarted"}.get(status, "ran"),
-              "seconds": time.perf_counter() - t0, "finished": _now(),
+              "seconds": time.perf_counter() - t0, "finished": now(),
               "started": state.get("rows", row.id, "distill", "started")}
     state.put(record, "rows", row.id, "distill")
     return record
@@ -92,7 +92,7 @@ def ensure_eval(row: Row, ctx: Context, state: State) -> dict:
     ctx.log(report.to_markdown())
     j, m = report.save(ctx.eval_dir(row), stem="eval")
     ctx.log(f"wrote {j} and {m}")
-    record = {"status": "ran", "seconds": time.perf_counter() - t0, "finished": _now(),
+    record = {"status": "ran", "seconds": time.perf_counter() - t0, "finished": now(),
               "set": None if row.baseline else set_fingerprint(path)}
     state.put(record, "rows", row.id, "eval")
     return record
@@ -116,11 +116,11 @@ def row_result(row: Row, ctx: Context) -> dict:
             "epochs": protocol.get("epochs"), "runs": report["meta"].get("runs")}
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _run_row(row: Row, ctx: Context, state: State, stages: dict) -> dict:
+def run_row(row: Row, ctx: Context, state: State, stages: dict) -> dict:
     """Distill (unless a baseline) and eval of one row whose buffers are recorded, each stage's record added to
     `stages` as it finishes (a failure leaves the ones done); the row's result."""
     if not row.baseline:
