@@ -40,6 +40,7 @@ LOCK_NAME = ".dd.lock"
 NO_FLOCK_ERRNOS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
 _ATTEMPTS = 20  # tries to take the lock while other processes create, release or break it under our feet
 _DETAIL_WAIT_S = 1.0  # a holder writes its details right after it locks: how long a refused job waits to read them
+_POLL_S = 0.02  # how often a lock that waits (wait_s > 0) tries again while another process holds it
 
 
 class OutputLocked(RuntimeError):
@@ -128,11 +129,16 @@ def _open_lock_file(path: Path) -> tuple[Optional[int], bool]:
 
 
 class OutputLock:
-    """The lock on one output directory, held by this process between acquire() and release()."""
+    """The lock on one output directory, held by this process between acquire() and release().
 
-    def __init__(self, directory: str | os.PathLike, command: Optional[str] = None):
+    `name` picks another lock file in the directory (a lock on one file of it, e.g. `ddtk reproduce`'s state.json
+    read-modify-write); `wait_s` > 0 waits up to that long for a live holder to release it before refusing."""
+
+    def __init__(self, directory: str | os.PathLike, command: Optional[str] = None, name: str = LOCK_NAME,
+                 wait_s: float = 0.0):
         self.directory = Path(directory)
-        self.path = self.directory / LOCK_NAME
+        self.path = self.directory / name
+        self.wait_s = wait_s
         self.command = command
         self.fd: Optional[int] = None
         self.mode: Optional[str] = None  # "flock", or "exclusive" on filesystems without flock
@@ -143,15 +149,25 @@ class OutputLock:
         return self.fd is not None
 
     def acquire(self) -> "OutputLock":
-        """Takes the lock (creating the directory if needed) or raises OutputLocked naming the holder."""
+        """Takes the lock (creating the directory if needed) or raises OutputLocked naming the holder (after waiting
+        up to wait_s for it to let go)."""
         if self.held:
             raise RuntimeError(f"the lock on '{self.directory}' is already held by this object")
+        deadline = time.monotonic() + self.wait_s
         try:
             self.created_directory = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
-            for _ in range(_ATTEMPTS):
-                if self._try_once():
-                    return self
+            attempts = 0
+            while attempts < _ATTEMPTS:
+                try:
+                    if self._try_once():
+                        return self
+                except OutputLocked:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(_POLL_S)
+                    continue
+                attempts += 1
         except OSError as e:  # not a directory, not writable, disk full ...
             raise RuntimeError(f"cannot lock the output directory '{self.directory}' ({e.strerror or e}); make it a "
                                "writable directory or use another --out") from None

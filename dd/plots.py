@@ -16,8 +16,9 @@ import numpy as np
 
 from dd.utils import atomic_write_bytes
 
-# logged per iteration but not worth a curve: the iteration itself, timing, flags and random draws
-BOOKKEEPING = frozenset({"it", "sec", "val_acc", "skipped", "batch", "start_epoch"})
+# logged by the driver for every method but not worth a curve: the iteration, its timing, the validation accuracy (it
+# has its own plot); a method's own flags and draws are declared by its class (Method.bookkeeping, see run_bookkeeping)
+BOOKKEEPING = frozenset({"it", "sec", "val_acc"})
 INSTALL_HINT = "pip install 'dd-toolkit[plot]'"
 
 
@@ -83,12 +84,13 @@ def scalar_series(rows: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {k: (np.asarray(i, dtype=float), np.asarray(v, dtype=float)) for k, (i, v) in acc.items()}
 
 
-def curve_keys(series: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
-    """The fields worth a panel, `loss` first: not bookkeeping, not the one-point final test accuracies
-    (`test_acc/...`), at least two points, not constant, and not a copy of a field already kept (a loss whose
-    only active term is the total)."""
+def curve_keys(series: dict[str, tuple[np.ndarray, np.ndarray]], bookkeeping: frozenset = frozenset()) -> list[str]:
+    """The fields worth a panel, `loss` first: not bookkeeping (the driver's, and the method's `bookkeeping`), not
+    the one-point final test accuracies (`test_acc/...`), at least two points, not constant, and not a copy of a
+    field already kept (a loss whose only active term is the total)."""
+    skip = BOOKKEEPING | bookkeeping
     candidates = [k for k, (its, vals) in series.items()
-                  if k not in BOOKKEEPING and not k.startswith("test_acc/") and len(vals) >= 2 and np.ptp(vals) > 0]
+                  if k not in skip and not k.startswith("test_acc/") and len(vals) >= 2 and np.ptp(vals) > 0]
     keep: list[str] = []
     for k in sorted(candidates, key=lambda k: (k != "loss", not k.startswith("loss"), k)):
         its, vals = series[k]
@@ -117,25 +119,43 @@ def smoothing_window(n: int) -> int:
     return min(101, max(3, n // 20)) | 1
 
 
+def _run_record(run_dir: Path) -> dict:
+    """The run's config.json (its identity, written by `ddtk distill`: method, dataset, ipc, ...), else {}."""
+    cfg = run_dir / "config.json"
+    try:
+        record = json.loads(cfg.read_text()) if cfg.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def run_title(run_dir: Path) -> str:
     """'method · dataset · IPC n' from the run's config.json (written by `ddtk distill`), else the directory name."""
-    cfg = run_dir / "config.json"
-    if cfg.is_file():
-        try:
-            ident = json.loads(cfg.read_text())
-            return f"{ident['method']} · {ident['dataset']} · IPC {ident['ipc']}"
-        except (json.JSONDecodeError, KeyError, TypeError):
-            pass
-    return run_dir.name
+    ident = _run_record(run_dir)
+    try:
+        return f"{ident['method']} · {ident['dataset']} · IPC {ident['ipc']}"
+    except KeyError:
+        return run_dir.name
+
+
+def run_bookkeeping(run_dir: Path) -> frozenset:
+    """The metrics the run's method declares as bookkeeping (Method.bookkeeping), its name read from the run's
+    config.json; empty when the directory records no method or the method is not registered in this process."""
+    name = _run_record(run_dir).get("method")
+    if not isinstance(name, str):
+        return frozenset()
+    from dd.methods import METHODS
+
+    return frozenset(METHODS.get(name).bookkeeping) if name in METHODS else frozenset()
 
 
 # ---- figures -------------------------------------------------------------------------------------
 
-def plot_curves(rows: list[dict], title: str = "") -> Optional[bytes]:
-    """One panel per logged scalar worth seeing (loss first, then per-term losses, lr, ...), raw points faint with
-    a smoothed line over them; a log y-axis where a positive series spans more than 50x. None when nothing varies."""
+def plot_curves(rows: list[dict], title: str = "", bookkeeping: frozenset = frozenset()) -> Optional[bytes]:
+    """One panel per logged scalar worth seeing (loss first, then per-term losses, lr, ...; see curve_keys), raw
+    points faint with a smoothed line; a log y-axis where a positive series spans more than 50x. None when nothing varies."""
     series = scalar_series(rows)
-    keys = curve_keys(series)
+    keys = curve_keys(series, bookkeeping)
     if not keys:
         return None
     figure_cls, _ = _matplotlib()
@@ -280,7 +300,7 @@ def plot_run(path: str | Path, out: str | Path | None = None) -> list[Path]:
     figures: list[tuple[str, Optional[bytes]]] = []
     if metrics is not None:
         rows = read_metrics(metrics)
-        figures += [("loss.png", plot_curves(rows, title)), ("val_acc.png", plot_val_acc(rows, title))]
+        figures += [("loss.png", plot_curves(rows, title, run_bookkeeping(base))), ("val_acc.png", plot_val_acc(rows, title))]
     if report is not None:
         try:
             data = json.loads(report.read_text())

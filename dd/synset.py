@@ -200,6 +200,23 @@ class SyntheticSet:
         }
 
 
+def read_header(path: str | os.PathLike) -> Optional[dict]:
+    """A set file's safetensors header (its JSON metadata and tensor digests) without reading the tensors; None when
+    there is no readable file."""
+    from dd.utils import safetensors_header
+
+    return safetensors_header(path) if Path(path).is_file() else None
+
+
+def content_digest(path: str | os.PathLike) -> Optional[str]:
+    """sha256 of a set file's recorded tensor digests and metadata: what it holds, changed whenever its content is
+    (None without a readable set)."""
+    header = read_header(path)
+    if not header or "sha256" not in header:
+        return None
+    return hashlib.sha256((header["sha256"] + header.get("meta", "")).encode()).hexdigest()
+
+
 def _digest(t: torch.Tensor) -> str:
     t = t.detach().cpu().contiguous()
     h = hashlib.sha256(str((str(t.dtype), tuple(t.shape))).encode())

@@ -8,6 +8,7 @@ import numbers
 import os
 import platform
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -174,3 +175,21 @@ def read_safetensors(path: str | os.PathLike, tensors: bool = True) -> tuple[dic
 
     with safe_open(str(path), framework="pt", device="cpu") as f:
         return dict(f.metadata() or {}), ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
+
+
+# a '/' that starts a word (not after a letter, ':', '/', '.', '-' or '~') and the path that follows it
+_ABS_PATH = re.compile(r"(?<![\w.:/\-~])/[^\s'\"`|,;()\[\]{}<>]+")
+
+
+def relative_paths(obj: Any, base: str | os.PathLike) -> Any:
+    """A JSON-able object (or text) with every absolute path in its strings, alone or inside a command line, written
+    relative to `base` (the directory of the file that holds it): generated reports never name the producing
+    machine's directories. `folder:/x`-style names and URLs are left as they are."""
+    root = os.path.abspath(base)
+    if isinstance(obj, str):
+        return _ABS_PATH.sub(lambda m: os.path.relpath(m.group(0), root), obj) if "/" in obj else obj
+    if isinstance(obj, dict):
+        return {k: relative_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [relative_paths(v, root) for v in obj]
+    return obj

@@ -50,6 +50,8 @@ def test_pt_export_reads_back_exactly(tmp_path, digits, soft):
     rec = json.loads((tmp_path / "pt" / "export.json").read_text())
     assert rec["format"] == "pt" and rec["source"]["sha256"] == sha256_file(src)
     assert rec["source"]["method"] == "dm" and rec["source"]["dataset"] == "digits" and "torch" in rec["versions"]
+    assert rec["source"]["path"] == "../set.safetensors"  # relative to the export: no directory of this machine
+    assert str(tmp_path) not in (tmp_path / "pt" / "export.json").read_text()
     assert sorted(rec["files"]) == ["images.pt", "labels.pt", "lr.pt"]
     for name, info in rec["files"].items():
         assert info["sha256"] == sha256_file(tmp_path / "pt" / name)

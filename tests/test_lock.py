@@ -95,6 +95,40 @@ def test_release_leaves_a_lock_file_that_is_no_longer_its_own(tmp_path):
     assert (tmp_path / LOCK_NAME).read_text() == "someone else's"
 
 
+def _count_under_lock(path: str, times: int) -> None:
+    """Read-modify-write of a counter file under a waiting lock on it (what `ddtk reproduce` does to state.json)."""
+    counter = Path(path) / "count"
+    for _ in range(times):
+        with OutputLock(path, name="count.lock", wait_s=60):
+            n = int(counter.read_text())
+            time.sleep(0.001)  # widen the window a lost update would need
+            counter.write_text(str(n + 1))
+
+
+def test_a_waiting_lock_serializes_read_modify_write_across_processes(tmp_path):
+    (tmp_path / "count").write_text("0")
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_count_under_lock, args=(str(tmp_path), 25)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert (tmp_path / "count").read_text() == "75"  # no update lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["count"]  # every lock file released
+
+
+def test_a_waiting_lock_waits_for_the_holder_then_refuses_after_wait_s(tmp_path):
+    held = OutputLock(tmp_path, name="state.lock").acquire()
+    assert OutputLock(tmp_path).acquire().release() is None  # another name in the same directory: another lock
+    t0 = time.monotonic()
+    with pytest.raises(OutputLocked, match=f"process {os.getpid()}"):
+        OutputLock(tmp_path, name="state.lock", wait_s=0.3).acquire()
+    assert time.monotonic() - t0 >= 0.3
+    held.release()
+    OutputLock(tmp_path, name="state.lock", wait_s=0.3).acquire().release()
+
+
 def test_an_output_path_that_is_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(RuntimeError, match="cannot lock the output directory .*make it a writable directory"):

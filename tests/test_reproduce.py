@@ -93,8 +93,9 @@ def test_dry_run_names_missing_dataset_directories_and_prints_the_commands(tmp_p
     assert code == 1, "missing data is a failed check"
     for folder in ("cifar-10-batches-py", "cifar-100-python", "tiny-imagenet-200"):
         assert str(root / folder) in out
-    assert f"ddtk buffer --dataset cifar10 --model convnet --experts 100 --epochs 50 --zca --out {tmp_path / 'out'}" in out
-    assert "ddtk buffer --dataset tinyimagenet --model convnet-d4 --experts 100 --epochs 50 --out" in out
+    assert (f"ddtk buffer --dataset cifar10 --model convnet --experts 100 --epochs 50 --zca --data-root {root} "
+            f"--out {tmp_path / 'out'}") in out  # buffers read the same --data-root as the rows
+    assert "ddtk buffer --dataset tinyimagenet --model convnet-d4 --experts 100 --epochs 50 --data-root" in out
     assert out.count("ddtk distill --config") == 9 and out.count("ddtk eval ") == 9
     assert not (tmp_path / "out").exists()
 
@@ -352,3 +353,59 @@ def test_a_second_writer_on_the_output_directory_is_refused(tmp_path):
         with pytest.raises(OutputLocked, match="another reproduce"):
             reproduce(BENCH, rows=["random-ipc1"], out=out, smoke=True, device="cpu", log=lambda _: None)
     assert not (out / "table.json").exists()
+
+
+@pytest.mark.slow
+def test_generated_files_name_no_directory_of_the_machine_that_made_them(smoke):
+    """table.md/json, state.json, eval.md/json, distill.json and the buffers' manifests name paths relative to OUT (or
+    the file's own directory). Only a run's identity (its config.json, the set's header) keeps the inputs' paths as
+    given: it is what a rerun compares, so it must not move."""
+    out, code, _, _ = smoke
+    assert code == 0
+    root = str(out.parent)
+    texts = [p for p in out.rglob("*") if p.suffix in (".json", ".md", ".jsonl", ".txt") and p.name != "config.json"]
+    assert {p.name for p in texts} >= {"table.md", "table.json", "state.json", "eval.json", "eval.md", "distill.json",
+                                       "manifest.json"}
+    named = [str(p.relative_to(out)) for p in texts if root in p.read_text()]
+    assert not named, f"absolute paths of this machine in {named}"
+    table = json.loads((out / "table.json").read_text())
+    assert (out / table["spec"]).resolve() == BENCH.resolve()  # relative to OUT, and still right
+    assert "--out buffers/w32_lr001" in table["buffers"]["w32_lr001"]["command"]
+    report = json.loads((out / "rows" / "sre2l-ipc10" / "eval" / "eval.json").read_text())
+    spec = report["meta"]["synset"]["evaluation"]["teachers"][0]["spec"]
+    assert (out / "rows" / "sre2l-ipc10" / "eval" / spec).resolve() == (out / "buffers" / "teacher_bn_w32").resolve()
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("smoke", [False, True], ids=["full", "smoke"])
+def test_the_commands_shown_mean_what_reproduce_runs(path, smoke, tmp_path):
+    """reproduce calls the library directly and shows the equivalent `ddtk` commands: parsed by the commands' own
+    parsers, each gives the very config / keyword arguments / protocol that reproduce runs with."""
+    import shlex
+
+    from dd.cli import command_parser
+    from dd.commands.buffer import buffer_config
+    from dd.commands.distill import distill_arguments
+    from dd.commands.eval import parse_lr_list, parse_models, protocol_from_args, report_baselines
+    from dd.reproduce import Context, distill_argv, distill_config, eval_argv
+    from dd.reproduce.plan import distill_kwargs, eval_kwargs, recipe_plan
+
+    spec = load_spec(path)
+    ctx = Context(spec, tmp_path / "out", smoke=smoke, device="cpu", data_root=str(tmp_path / "data"))
+    for name in spec.buffers:
+        plan = recipe_plan(name, ctx)
+        argv = shlex.split(plan.command)
+        assert argv[:2] == ["ddtk", "buffer"]
+        assert buffer_config(command_parser("buffer").parse_args(argv[2:])) == plan.config, name
+    for row in spec.rows:
+        if not row.baseline:
+            args = command_parser("distill").parse_args(distill_argv(row, ctx))
+            assert distill_arguments(args, config_data=distill_config(row, smoke)) == distill_kwargs(row, ctx), row.id
+        args = command_parser("eval").parse_args(eval_argv(row, ctx))
+        want = eval_kwargs(row, ctx)
+        assert protocol_from_args(args).to_dict() == want["protocol"].to_dict(), row.id
+        assert (parse_models(args.models), args.runs, report_baselines(args), args.ipc, args.dataset) == \
+            (want["archs"], want["runs"], want["baselines"], want["ipc"], want["dataset"]), row.id
+        assert (parse_lr_list(args.lr_search) if args.lr_search else None) == want["lr_search"], row.id
+        assert (args.full_epochs or args.epochs or 30, args.runs if args.baseline else 1, args.seed) == \
+            (want["full_epochs"], want["full_runs"], want["seed"]), row.id

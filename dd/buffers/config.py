@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Optional
 
 EXPERT_KINDS = ("mtt", "ftd", "smooth")
 STORAGE_DTYPES = ("float32", "bfloat16", "float16")
@@ -99,3 +100,37 @@ def preset(kind: str, **overrides) -> BufferConfig:
         raise ValueError(f"unknown expert kind '{kind}'; choose one of {', '.join(PRESETS)}")
     base = BufferConfig(expert_kind=kind, **PRESETS[kind])
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class BufferRecipe:
+    """`ddtk buffer`'s options by their names (what a `ddtk reproduce` recipe sets): the --expert-kind preset and the
+    options that override it (None: the preset's value); `config()` is the BufferConfig they record."""
+
+    dataset: str = "mnist10k"
+    model: str = "convnet"
+    model_options: dict = field(default_factory=dict)
+    experts: Optional[int] = None
+    epochs: Optional[int] = None
+    expert_kind: str = "mtt"
+    lr: Optional[float] = None
+    batch: Optional[int] = None
+    momentum: Optional[float] = None
+    weight_decay: Optional[float] = None
+    lr_decay_epoch: Optional[int] = None
+    lr_decay: Optional[float] = None
+    dsa: bool = True
+    zca: bool = False
+    rho: Optional[float] = None
+    alpha: Optional[float] = None
+    gp_lambda: Optional[float] = None
+    clip_epochs: Optional[int] = None
+    seed: int = 0
+    dtype: str = "float32"
+
+    def config(self) -> BufferConfig:
+        return preset(self.expert_kind, dataset=self.dataset, model=self.model, model_options=dict(self.model_options),
+                      experts=self.experts, epochs=self.epochs, lr=self.lr, batch_size=self.batch,
+                      momentum=self.momentum, weight_decay=self.weight_decay, lr_decay_epoch=self.lr_decay_epoch,
+                      lr_decay=self.lr_decay, dsa=self.dsa, zca=self.zca, rho=self.rho, alpha=self.alpha,
+                      gp_lambda=self.gp_lambda, clip_epochs=self.clip_epochs, seed=self.seed, storage_dtype=self.dtype)

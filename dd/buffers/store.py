@@ -31,6 +31,24 @@ def buffer_key(epoch: int, name: str) -> str:
     return f"b.{epoch:04d}.{name}"
 
 
+def recorded_status(path: str | Path, config) -> tuple[str, Any]:
+    """How the buffer directory `path` stands against the BufferConfig `config`, from its manifest alone: ('absent',
+    None) when nothing is recorded, ('other', [differences]) when it was recorded with other settings, else
+    ('complete', config sha256) or ('partial', (experts listed, experts planned))."""
+    from dd.buffers.recorder import config_sha256
+    from dd.utils import dict_diff, to_jsonable
+
+    manifest = Path(path) / MANIFEST
+    if not manifest.is_file():
+        return "absent", None
+    have = json.loads(manifest.read_text())
+    if have.get("config_sha256") != config_sha256(config):
+        return "other", dict_diff(have.get("config", {}), to_jsonable(config.to_dict()))
+    if have.get("complete"):
+        return "complete", have["config_sha256"]
+    return "partial", (len(have.get("experts", [])), have.get("num_experts"))
+
+
 def read_manifest(path: str | Path) -> tuple[dict, bytes]:
     """(manifest, raw bytes) of a buffer directory; clear errors for a missing or unreadable one."""
     path = Path(path)

@@ -39,16 +39,14 @@ def add_parser(sub, name):
 
 
 def buffer_config(args):
-    """The BufferConfig that parsed `ddtk buffer` options record: the --expert-kind preset with every given option
-    applied (`ddtk reproduce` compares it with an existing buffer's manifest before deciding to record)."""
-    from dd.buffers import preset
+    """The BufferConfig that parsed `ddtk buffer` options record (dd.buffers.config.BufferRecipe: the --expert-kind
+    preset with every given option applied)."""
+    from dataclasses import fields
 
-    return preset(args.expert_kind, dataset=args.dataset, model=args.model, model_options=parse_options(args.model_options),
-                  experts=args.experts, epochs=args.epochs, lr=args.lr, batch_size=args.batch, momentum=args.momentum,
-                  weight_decay=args.weight_decay,
-                  lr_decay_epoch=args.lr_decay_epoch, lr_decay=args.lr_decay, dsa=args.dsa, zca=args.zca,
-                  rho=args.rho, alpha=args.alpha, gp_lambda=args.gp_lambda, clip_epochs=args.clip_epochs,
-                  seed=args.seed, storage_dtype=args.dtype)
+    from dd.buffers.config import BufferRecipe
+
+    values = {f.name: getattr(args, f.name) for f in fields(BufferRecipe)}
+    return BufferRecipe(**{**values, "model_options": parse_options(args.model_options)}).config()
 
 
 def run(args) -> int:

@@ -42,9 +42,8 @@ def add_parser(sub, name):
 def add_protocol_options(p) -> None:
     """The evaluation protocol and its options (shared by eval and relabel)."""
     p.add_argument("--protocol", default=None,
-                   help="hard (DC/MTT), soft (label distributions), teacher (KD from --teacher) or a user's "
-                        "package.module:callable returning a dd.eval.rules.ProtocolRule; default: the one the set "
-                        "records, else hard")
+                   help="hard (DC/MTT), soft (label distributions) or teacher (KD from --teacher); default: the one the "
+                        "set records, else hard")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (protocol default: hard 1000, teacher 300)")
     p.add_argument("--lr", type=float, default=None, help="override the protocol lr (and ignore a learned lr)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size")
@@ -81,33 +80,12 @@ def report_baselines(args) -> list[str]:
 
 def protocol_from_args(args, recorded: dict | None = None):
     """The protocol named on the command line (else the one a set records, else hard) with every option applied."""
-    from dd.eval import Protocol, get_protocol
-    from dd.methods.base import coerce_fields
+    from dd.eval.run import resolve_protocol
     from dd.utils import parse_assignments
 
-    overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer,
-                 "temperature": args.temperature, "teacher_bn": args.teacher_bn, "mix": args.mix}
-    if args.lr is not None:
-        overrides.update(lr=args.lr, use_learned_lr=False)
-    overrides.update(coerce_fields(Protocol, parse_assignments(args.protocol_options, "--protocol-option")))
-    base = args.protocol or (recorded if recorded else "hard")
-    return get_protocol(base, **overrides)
-
-
-def teacher_for(args, synset, dataset, device):
-    """--teacher (several: an equal-weight committee), else the teacher(s) the set records; None when there is none."""
-    from dd.teachers import Committee, open_teachers, teacher_from_records
-
-    if args.teachers:
-        members = open_teachers(args.teachers, args.teacher_model)
-        for m in members:
-            m.check_compatible(dataset.name, dataset.zca is not None)
-        modules = [m.module(dataset, device) for m in members]
-        return modules[0] if len(modules) == 1 else Committee(modules, [1.0 / len(modules)] * len(modules))
-    evaluation = (synset.meta.get("evaluation") or {}) if synset is not None else {}
-    if evaluation.get("teachers"):
-        return teacher_from_records(evaluation["teachers"], dataset, device, evaluation.get("teacher_weights"))
-    return None
+    return resolve_protocol(args.protocol, recorded, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                            optimizer=args.optimizer, temperature=args.temperature, teacher_bn=args.teacher_bn,
+                            mix=args.mix, options=parse_assignments(args.protocol_options, "--protocol-option"))
 
 
 def run(args) -> int:
@@ -125,14 +103,9 @@ def run(args) -> int:
 
 def _run(args, group) -> int:
     from dd.cli import data_options
-    from dd.data import DEFAULT_DATASET, load_dataset
-    from dd.eval import build_report
-    from dd.eval.harness import options_for_set
-    from dd.eval.protocol import protocol_rule
+    from dd.eval.run import evaluate_set
     from dd.synset import SyntheticSet
-    from dd.utils import seed_everything
 
-    seed_everything(args.seed)
     lr_search = parse_lr_list(args.lr_search) if args.lr_search is not None else None
     if lr_search and args.lr is not None:
         raise ValueError("--lr fixes the lr and --lr-search chooses it: give one (the full-data baseline's lr can be "
@@ -141,47 +114,16 @@ def _run(args, group) -> int:
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
         raise ValueError("give a synthetic set file or --baseline random|full")
-    if args.scores:
-        from dd.eval.scores import check_weight
-
-        if synset is None:
-            raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
-        check_weight(args.lrs_weight, "--lrs-weight")  # before any training
-        check_weight(args.ars_weight, "--ars-weight")
     recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
-    protocol = protocol_from_args(args, recorded)
-    name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
-    zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else args.zca
-    options = data_options(args)
-    dataset = load_dataset(name, root=args.data_root, zca=zca,
-                           **(options_for_set(name, synset.meta, options) if synset is not None else options))
-    device = group.local_device()
-    needs_teacher = protocol_rule(protocol.labels).needs_teacher
-    teacher = teacher_for(args, synset, dataset, device) if needs_teacher else None
-    if needs_teacher and teacher is None:
-        raise ValueError(f"the {protocol.name} protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` "
-                         "directory)")
-    if args.labels and not needs_teacher:
-        raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
-    baselines = report_baselines(args)
-    if "random" in baselines and args.ipc is None and synset is None:
-        raise ValueError("--baseline random needs --ipc N")
-    report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
-                          full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
-                          device=device, seed=args.seed, teacher=teacher, labels=args.labels, lr_search=lr_search,
-                          group=group, progress=group.is_main)
-    if not group.is_main:
+    report = evaluate_set(synset, archs, protocol_from_args(args, recorded), args.runs, group=group,
+                          dataset=args.dataset, zca=args.zca, ipc=args.ipc, baselines=report_baselines(args),
+                          full_epochs=args.full_epochs or args.epochs or 30,
+                          full_runs=args.runs if args.baseline else 1, teachers=args.teachers,
+                          teacher_model=args.teacher_model, labels=args.labels, lr_search=lr_search,
+                          scores=(args.lrs_weight, args.ars_weight) if args.scores else None, seed=args.seed,
+                          data_root=args.data_root, data_options=data_options(args))
+    if report is None:  # a rank > 0 under torchrun
         return 0
-    if args.scores:
-        from dd.eval.scores import add_scores
-
-        if group.world > 1:
-            print(f"--scores: the report's runs were spread over {group.world} processes; the scores' further "
-                  "evaluations run in this one (rank 0)")
-        report = add_scores(report, synset, archs, protocol, args.runs, w=args.lrs_weight, gamma=args.ars_weight,
-                            dataset=dataset, ipc=args.ipc, full_epochs=args.full_epochs or args.epochs or 30,
-                            full_runs=args.runs if args.baseline else 1, device=device, seed=args.seed,
-                            teacher=teacher, labels=args.labels)
     for r in report.rows:
         print(r)
     print()

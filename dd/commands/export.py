@@ -77,11 +77,11 @@ def source_record(synset, path: str | Path) -> dict:
 
 def write_record(out: Path, fmt: str, synset, source: str | Path, files, notes: list[str]) -> Path:
     """OUT/export.json (atomic): format, source set, the files written and versions."""
-    from dd.utils import atomic_write_json, versions
+    from dd.utils import atomic_write_json, relative_paths, versions
 
     record = {"format": fmt, "source": source_record(synset, source), "files": files, "notes": notes,
               "versions": versions()}
-    atomic_write_json(out / "export.json", record)
+    atomic_write_json(out / "export.json", relative_paths(record, out))  # the source named relative to the export
     return out / "export.json"
 
 

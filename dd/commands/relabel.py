@@ -20,7 +20,8 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    from dd.commands.eval import protocol_from_args, teacher_for
+    from dd.commands.eval import protocol_from_args
+    from dd.eval.run import teacher_for
     from dd.cli import data_options
     from dd.data import load_dataset
     from dd.eval.harness import options_for_set
@@ -40,7 +41,7 @@ def run(args) -> int:
     dataset = load_dataset(synset.meta["dataset"], root=args.data_root, zca=bool(synset.meta.get("zca")),
                            **options_for_set(synset.meta["dataset"], synset.meta, data_options(args)))
     device = resolve_device(args.device)
-    teacher = teacher_for(args, synset, dataset, device)
+    teacher = teacher_for(args.teachers, args.teacher_model, synset, dataset, device)
     if teacher is None:
         raise ValueError("pass --teacher SPEC (the set records no teacher)")
     records = ([t.describe() for t in open_teachers(args.teachers, args.teacher_model)] if args.teachers

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
-from dd.utils import atomic_write_json, atomic_write_text, to_jsonable, versions
+from dd.utils import atomic_write_json, atomic_write_text, relative_paths, to_jsonable, versions
 
 
 @dataclass
@@ -48,10 +49,28 @@ class Report:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         j, m = out / f"{stem}.json", out / f"{stem}.md"
-        atomic_write_json(j, self.to_dict())
-        atomic_write_text(m, self.to_markdown())
+        atomic_write_json(j, relative_paths(self.to_dict(), out))  # paths relative to the report's directory
+        atomic_write_text(m, relative_paths(self.to_markdown(), out))
         return j, m
 
     @classmethod
     def load_json(cls, path: str | Path) -> dict:
         return json.loads(Path(path).read_text())
+
+
+def report_matches(path: str | Path, protocol: dict, archs: list, runs: int, baselines: list,
+                   lr_search: Optional[list], set_name: Optional[str] = None) -> bool:
+    """Was the eval.json at `path` made under this protocol (its to_dict()), these architectures in this order, this
+    many runs, these baseline rows (their report names: 'random-real', 'full') and lr search, with a row of the set
+    named `set_name` (None: a report of baselines alone)?"""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    report = json.loads(path.read_text())
+    meta, rows = report.get("meta", {}), report.get("rows", [])
+    names = list(dict.fromkeys(r.get("arch") for r in rows))
+    others = sorted({r.get("name") for r in rows if r.get("name") != set_name})
+    if set_name is not None and not any(r.get("name") == set_name for r in rows):
+        return False
+    return (meta.get("protocol") == protocol and meta.get("runs") == runs and names == list(archs)
+            and others == sorted(baselines) and meta.get("lr_search") == lr_search)

@@ -80,6 +80,12 @@ class Method:
     teachers: ClassVar[tuple[int, Optional[int]]] = (0, 0)  # teachers it reads
     shardable: ClassVar[bool] = False  # step() may run under torchrun, each rank on its share (see num_steps)
     partial_sets: ClassVar[bool] = False  # current_set() mid-run is partly unoptimized: validate only at the end
+    # option -> small value `ddtk reproduce --smoke` shrinks it to (min with the configured value), for its own fields
+    smoke: ClassVar[dict] = {}
+    # metrics step() logs that are not worth a curve in `ddtk plot` (flags, draws); it, sec, val_acc are always left out
+    bookkeeping: ClassVar[frozenset] = frozenset()
+    # a metric whose truthy value says step() skipped its update: a non-finite loss then is not a divergence
+    skip_flag: ClassVar[Optional[str]] = None
 
     def __init__(self, config: MethodConfig, dataset: ImageDataset, ipc: int, device: torch.device,
                  generator: torch.Generator, inputs: Optional[Inputs] = None, group=None):

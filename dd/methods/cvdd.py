@@ -80,6 +80,7 @@ class CVDD(CDA):
     name = "cvdd"
     Config = CVDDConfig
     teachers = (2, None)
+    smoke = {**CDA.smoke, "prior_iterations": 2, "prior_epochs": 1, "prior_ipc": 1}
     INITS = {**CDA.INITS, "medium": "medium_images"}
     model_from_teacher = False  # the report architecture `model` is not taken from any one member
     per_member_metrics = True

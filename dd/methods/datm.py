@@ -47,6 +47,8 @@ def start_epoch_bound(it: int, cur: Optional[int], max_start: int, expansion_end
 class DATM(MTT):
     name = "datm"
     Config = DATMConfig
+    bookkeeping = MTT.bookkeeping | {"skipped"}
+    skip_flag = "skipped"  # an update over `threshold` is skipped, whatever its (possibly non-finite) loss
     HP_KEYS = MTT.HP_KEYS + ("min_start_epoch", "current_max_start_epoch", "expansion_end", "lr_y", "threshold")
 
     @classmethod

@@ -43,6 +43,7 @@ class DM(Method):
 
     name = "dm"
     Config = DMConfig
+    smoke = {"batch_real": 16}
 
     def lr_img(self) -> float:
         return self.config.lr_img

@@ -53,6 +53,10 @@ class RunConfig:
     progress: bool = True
 
 
+# RunConfig options that only change how often a run saves or what it prints, never its result
+CADENCE = frozenset({"checkpoint_minutes", "checkpoint_every", "progress", "wandb", "wandb_project"})
+
+
 @dataclass
 class DistillResult:
     synset: SyntheticSet
@@ -159,6 +163,32 @@ def run_identity(method: str, dataset: str, ipc: int, *, buffer: str | Path | No
     return identity(cls, mcfg, inputs, name, ipc, seed, run_config(run), data_options=data_options)
 
 
+def run_finished(out: str | Path, identity: dict, run: RunConfig | dict | None) -> bool:
+    """Does `out` hold the finished set of the run with this identity (see run_identity) and run options: its
+    config.json is the identity, and its set's metadata records the same method, data, inputs, config and run
+    options (CADENCE aside)?"""
+    from dd.synset import read_header
+
+    out = Path(out)
+    header = read_header(out / "synset.safetensors")
+    if header is None or not (out / "config.json").is_file():
+        return False
+    if json.loads((out / "config.json").read_text()) != identity:
+        return False
+    meta = json.loads(header.get("meta", "{}"))
+    same = all(meta.get(k) == identity[k] for k in ("method", "ipc", "seed", "config", "inputs", "dataset"))
+    wanted = {k: v for k, v in to_jsonable(asdict(run_config(run))).items() if k not in CADENCE}
+    return same and {k: v for k, v in (meta.get("run") or {}).items() if k not in CADENCE} == wanted
+
+
+def checkpoint_identity(path: str | Path) -> Optional[dict]:
+    """The identity a distill checkpoint was written for (None when there is none or it is unreadable)."""
+    try:
+        return json.loads(safetensors_header(path)["identity"])
+    except Exception:  # noqa: BLE001 - unreadable is the answer, not an error
+        return None
+
+
 def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
             teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None,
             data_options: Optional[dict] = None):
@@ -254,7 +284,8 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
             t0 = time.perf_counter()
             metrics = m.step(it)
             loss = metrics.get("loss", float("nan"))
-            if not torch.isfinite(torch.tensor(float(loss))) and not metrics.get("skipped"):
+            skipped = cls.skip_flag is not None and metrics.get(cls.skip_flag)
+            if not torch.isfinite(torch.tensor(float(loss))) and not skipped:
                 raise DistillationDiverged(f"{cls.name}: loss became {loss} at iteration {it}")
             metrics = {"it": it, **{k: float(v) for k, v in metrics.items()}, "sec": time.perf_counter() - t0}
             logger.log(metrics)

@@ -100,6 +100,8 @@ class MTT(Method):
     name = "mtt"
     Config = MTTConfig
     buffers = (1, 1)
+    smoke = {"syn_steps": 2, "expert_epochs": 1}
+    bookkeeping = frozenset({"start_epoch"})  # the segment's random start
 
     HP_KEYS = ("syn_steps", "expert_epochs", "max_start_epoch", "batch_syn", "lr_img", "lr_lr", "lr_teacher")
 

@@ -65,6 +65,8 @@ class SRe2L(Method):
     name = "sre2l"
     Config = SRe2LConfig
     teachers = (1, 1)
+    smoke = {"relabel_epochs": 1}  # only where the config stores labels (0 stays 0)
+    bookkeeping = frozenset({"batch"})  # which batch of images the iteration recovers
     shardable = True
     partial_sets = True
     # declared, not overridden: init name -> the method filling the set's start; whether the distillation `model`

@@ -1,0 +1,97 @@
+"""One evaluation of a set (or of baselines) from start to report: protocol, data, teacher, runs, optional scores.
+
+`ddtk eval` parses its options into these calls and `ddtk reproduce` makes them directly, so both mean the same.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+
+def resolve_protocol(name: Optional[str], recorded=None, *, epochs: Optional[int] = None, lr: Optional[float] = None,
+                     batch_size: Optional[int] = None, optimizer: Optional[str] = None,
+                     temperature: Optional[float] = None, teacher_bn: Optional[str] = None, mix: Optional[str] = None,
+                     options: Optional[dict] = None):
+    """The protocol `name` (else the one a set records, else hard) with the given fields overridden (None: kept);
+    `options` sets any other Protocol field by name (strings parsed as the field's type); a given lr also turns
+    off a set's learned lr."""
+    from dd.eval.protocol import Protocol, get_protocol
+    from dd.methods.base import coerce_fields
+
+    overrides = {"epochs": epochs, "batch_size": batch_size, "optimizer": optimizer, "temperature": temperature,
+                 "teacher_bn": teacher_bn, "mix": mix}
+    if lr is not None:
+        overrides.update(lr=lr, use_learned_lr=False)
+    overrides.update(coerce_fields(Protocol, dict(options or {})))
+    return get_protocol(name or (recorded if recorded else "hard"), **overrides)
+
+
+def teacher_for(teachers: Sequence[str], teacher_model, synset, dataset, device):
+    """The given teachers (several: an equal-weight committee), else the teacher(s) the set records; None when
+    there is none."""
+    from dd.teachers import Committee, open_teachers, teacher_from_records
+
+    if teachers:
+        members = open_teachers(list(teachers), teacher_model)
+        for m in members:
+            m.check_compatible(dataset.name, dataset.zca is not None)
+        modules = [m.module(dataset, device) for m in members]
+        return modules[0] if len(modules) == 1 else Committee(modules, [1.0 / len(modules)] * len(modules))
+    evaluation = (synset.meta.get("evaluation") or {}) if synset is not None else {}
+    if evaluation.get("teachers"):
+        return teacher_from_records(evaluation["teachers"], dataset, device, evaluation.get("teacher_weights"))
+    return None
+
+
+def evaluate_set(synset, archs: Sequence[str], protocol, runs: int, *, group, dataset: Optional[str] = None,
+                 zca: bool = False, ipc: Optional[int] = None, baselines: Sequence[str] = (), full_epochs: int = 30,
+                 full_runs: int = 1, teachers: Sequence[str] = (), teacher_model=None, labels: Optional[str] = None,
+                 lr_search: Optional[list[float]] = None, scores: Optional[tuple[float, float]] = None,
+                 seed: int = 0, data_root: Optional[str] = None, data_options: Optional[dict] = None):
+    """The report of `synset` (a SyntheticSet, or None for baselines alone) on `archs` under `protocol`, `runs`
+    fresh networks per row, beside `baselines` ('random', 'full'); the runs are spread over `group`'s ranks and
+    rank 0 gets the Report (the others None). `scores` = (LRS weight, ARS weight) adds DD-Ranking's scores."""
+    from dd.data import DEFAULT_DATASET, load_dataset
+    from dd.eval.harness import build_report, options_for_set
+    from dd.eval.protocol import protocol_rule
+    from dd.utils import seed_everything
+
+    seed_everything(seed)
+    if synset is None and not baselines:
+        raise ValueError("give a synthetic set file or --baseline random|full")
+    if scores is not None:
+        from dd.eval.scores import check_weight
+
+        if synset is None:
+            raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
+        check_weight(scores[0], "--lrs-weight")  # before any training
+        check_weight(scores[1], "--ars-weight")
+    name = dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
+    zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else zca
+    options = dict(data_options or {})
+    data = load_dataset(name, root=data_root, zca=zca,
+                        **(options_for_set(name, synset.meta, options) if synset is not None else options))
+    device = group.local_device()
+    needs_teacher = protocol_rule(protocol.labels).needs_teacher
+    teacher = teacher_for(teachers, teacher_model, synset, data, device) if needs_teacher else None
+    if needs_teacher and teacher is None:
+        raise ValueError(f"the {protocol.name} protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` "
+                         "directory)")
+    if labels and not needs_teacher:
+        raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
+    if "random" in baselines and ipc is None and synset is None:
+        raise ValueError("--baseline random needs --ipc N")
+    report = build_report(synset, list(archs), protocol, runs, dataset=data, ipc=ipc, baselines=list(baselines),
+                          full_epochs=full_epochs, full_runs=full_runs, device=device, seed=seed, teacher=teacher,
+                          labels=labels, lr_search=lr_search, group=group, progress=group.is_main)
+    if not group.is_main:
+        return None
+    if scores is not None:
+        from dd.eval.scores import add_scores
+
+        if group.world > 1:
+            print(f"--scores: the report's runs were spread over {group.world} processes; the scores' further "
+                  "evaluations run in this one (rank 0)")
+        report = add_scores(report, synset, list(archs), protocol, runs, w=scores[0], gamma=scores[1], dataset=data,
+                            ipc=ipc, full_epochs=full_epochs, full_runs=full_runs, device=device, seed=seed,
+                            teacher=teacher, labels=labels)
+    return report

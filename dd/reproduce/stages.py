@@ -1,0 +1,130 @@
+"""Running one stage of a row (buffer, distill, eval) by calling the library (dd.buffers.record_buffer,
+dd.methods.distill, dd.eval.run.evaluate_set): reuse what matches, else run it and record its wall time."""
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+from dd.utils import atomic_write_text
+from dd.reproduce.spec import BASELINE_ROWS, Row
+from dd.reproduce.plan import (Context, command_text, distill_argv, distill_config, distill_kwargs, eval_argv,
+                               eval_kwargs, recipe_plan)
+from dd.reproduce.fresh import (State, buffer_status, distill_status, eval_status, expected_identity,
+                                set_fingerprint, wanted_run)
+from dd.utils import sha256_json
+
+
+def ensure_buffer(name: str, ctx: Context, state: State) -> dict:
+    """Records (or resumes, or reuses) one buffer recipe; returns its status record for the table."""
+    from dd.buffers import TrajectoryStore, record_buffer
+
+    status, why = buffer_status(name, ctx)
+    plan = recipe_plan(name, ctx)
+    if status == "reuse":
+        ctx.log(f"[buffer {name}] reused: {why}")
+        return {"status": "reused", "seconds": state.get("buffers", name, "seconds"), "command": plan.command}
+    ctx.log(f"$ {plan.command}")
+    t0 = time.perf_counter()
+    record_buffer(plan.config, plan.out, device=ctx.device, data_root=ctx.data_root or None, progress=plan.progress,
+                  data_options=plan.data_options)
+    seconds = time.perf_counter() - t0
+    store = TrajectoryStore(plan.out)
+    accs = ", ".join(f"{100 * store.final_accuracy(k):.2f}" for k in range(store.num_experts))
+    ctx.log(f"{store}\nfinal test accuracy per expert (%): {accs}")
+    record = {"status": "resumed" if status == "resume" else "ran", "seconds": seconds, "command": plan.command,
+              "finished": now()}
+    state.put(record, "buffers", name)
+    return record
+
+
+def ensure_distill(row: Row, ctx: Context, state: State) -> dict:
+    """Distils a row (or resumes, restarts, reuses it); returns its status record for the table. The config file
+    `ddtk distill --config` would read is written beside it, for the user."""
+    from dd.methods import distill
+
+    status, why = distill_status(row, ctx, state)
+    if status == "reuse":
+        ctx.log(f"[{row.id}] distill reused: {why}")
+        return {**(state.get("rows", row.id, "distill") or {}), "status": "reused"}
+    cfg = distill_config(row, ctx.smoke)
+    atomic_write_text(ctx.distill_config_path(row), json.dumps(cfg, indent=2) + "\n")
+    kwargs = distill_kwargs(row, ctx, restart=status == "restart")
+    identity = expected_identity(kwargs)
+    state.put({"identity": sha256_json(identity), "iterations": wanted_run(kwargs)["iterations"]},
+              "rows", row.id, "distill", "started")
+    ctx.log(f"[{row.id}] distill: {status} ({why})")
+    ctx.log(f"$ {command_text('distill', distill_argv(row, ctx, restart=status == 'restart'))}")
+    t0 = time.perf_counter()
+    res = distill(**kwargs)
+    report = " and eval.md" if res.report is not None else " (no report: eval_runs is 0)"
+    ctx.log(f"wrote {ctx.distill_dir(row) / 'synset.safetensors'}, synset.png{report}")
+    record = {"status": {"resume": "resumed", "restart": "restarted"}.get(status, "ran"),
+              "seconds": time.perf_counter() - t0, "finished": now(),
+              "started": state.get("rows", row.id, "distill", "started")}
+    state.put(record, "rows", row.id, "distill")
+    return record
+
+
+def ensure_eval(row: Row, ctx: Context, state: State) -> dict:
+    """Scores a row (or reuses its report); returns its status record for the table."""
+    from dd.distributed import ProcessGroup
+    from dd.eval.run import evaluate_set
+    from dd.synset import SyntheticSet
+    from dd.utils import resolve_device
+
+    status, why = eval_status(row, ctx, state)
+    if status == "reuse":
+        ctx.log(f"[{row.id}] eval reused: {why}")
+        return {**(state.get("rows", row.id, "eval") or {}), "status": "reused"}
+    path = ctx.distill_dir(row) / "synset.safetensors"
+    synset = None if row.baseline else SyntheticSet.load(path)
+    evaluation = (synset.meta.get("evaluation") or {}) if synset is not None else {}
+    labels = evaluation.get("labels")
+    ctx.log(f"$ {command_text('eval', eval_argv(row, ctx, labels))}")
+    t0 = time.perf_counter()
+    group = ProcessGroup(resolve_device(ctx.device))
+    try:
+        report = evaluate_set(synset, group=group, labels=labels, **eval_kwargs(row, ctx, evaluation.get("protocol")))
+    finally:
+        group.close()
+    for r in report.rows:
+        ctx.log(str(r))
+    ctx.log(report.to_markdown())
+    j, m = report.save(ctx.eval_dir(row), stem="eval")
+    ctx.log(f"wrote {j} and {m}")
+    record = {"status": "ran", "seconds": time.perf_counter() - t0, "finished": now(),
+              "set": None if row.baseline else set_fingerprint(path)}
+    state.put(record, "rows", row.id, "eval")
+    return record
+
+
+def row_result(row: Row, ctx: Context) -> dict:
+    """The row's accuracies (percent) per architecture from its eval.json: the set (or baseline) and, when the
+    report has it, the random-real baseline under the same protocol."""
+    report = json.loads((ctx.eval_dir(row) / "eval.json").read_text())
+    own = BASELINE_ROWS.get(row.method)
+    ours, random_real = {}, {}
+    for r in report["rows"]:
+        entry = {"mean": 100 * r["mean"], "std": 100 * r["std"], "accs": [100 * a for a in r["accs"]],
+                 "lr": (r.get("extra") or {}).get("lr")}
+        if (own is None and r["name"] not in BASELINE_ROWS.values()) or r["name"] == own:
+            ours[r["arch"]] = entry
+        elif r["name"] == "random-real":
+            random_real[r["arch"]] = entry
+    protocol = report["meta"]["protocol"]
+    return {"ours": ours, "random_real": random_real or None, "protocol": protocol.get("name"),
+            "epochs": protocol.get("epochs"), "runs": report["meta"].get("runs")}
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def run_row(row: Row, ctx: Context, state: State, stages: dict) -> dict:
+    """Distill (unless a baseline) and eval of one row whose buffers are recorded, each stage's record added to
+    `stages` as it finishes (a failure leaves the ones done); the row's result."""
+    if not row.baseline:
+        stages["distill"] = ensure_distill(row, ctx, state)
+    stages["eval"] = ensure_eval(row, ctx, state)
+    return row_result(row, ctx)
