@@ -6,13 +6,12 @@ import datetime
 import json
 import time
 
-from dd.utils import atomic_write_text
+from dd.utils import atomic_write_text, sha256_json
 from dd.reproduce.spec import BASELINE_ROWS, Row
 from dd.reproduce.plan import (Context, command_text, distill_argv, distill_config, distill_kwargs, eval_argv,
                                eval_kwargs, recipe_plan)
 from dd.reproduce.fresh import (State, buffer_status, distill_status, eval_status, expected_identity,
                                 set_fingerprint, wanted_run)
-from dd.utils import sha256_json
 
 
 def ensure_buffer(name: str, ctx: Context, state: State) -> dict:
