@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def add_parser(sub, name):
-    from dd.cli import add_common, positive_int
+    from dd.cli import add_common, non_negative_int, positive_int
 
     p = sub.add_parser(name, help="distil a dataset into IPC images per class with a method")
     p.add_argument("--method", default=None, help="method name (see `ddtk methods`; default dm)")
@@ -16,15 +16,16 @@ def add_parser(sub, name):
     p.add_argument("--ipc", type=positive_int, default=None, help="images per class (default 10)")
     p.add_argument("--buffer", default=None, help="expert-trajectory buffer directory (trajectory matching)")
     add_teacher_options(p)
-    p.add_argument("--iterations", type=int, default=None, help="outer iterations (default 1000)")
+    p.add_argument("--iterations", type=positive_int, default=None, help="outer iterations (default 1000)")
     p.add_argument("--config", default=None, help="JSON file of method options and run options ('run': {...})")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method option, e.g. --set lr_img=100 (repeatable)")
     p.add_argument("--model", default=None, help="architecture to distil with (method option 'model')")
     p.add_argument("--eval-models", default=None, help="comma-separated architectures for the final report")
-    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation run (default 1000)")
-    p.add_argument("--eval-runs", type=int, default=None, help="fresh networks per final evaluation row (default 5)")
-    p.add_argument("--eval-every", type=int, default=None, help="validate every N iterations (0: never)")
+    p.add_argument("--eval-epochs", type=positive_int, default=None, help="epochs per evaluation run (default 1000)")
+    p.add_argument("--eval-runs", type=non_negative_int, default=None,
+                   help="fresh networks per final evaluation row (default 5; 0: no report)")
+    p.add_argument("--eval-every", type=non_negative_int, default=None, help="validate every N iterations (0: never)")
     p.add_argument("--no-full-baseline", action="store_true", help="skip the full-data baseline row")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (optional extra; WANDB_MODE=offline works)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")

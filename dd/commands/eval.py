@@ -17,8 +17,8 @@ def add_parser(sub, name):
     p.add_argument("--ipc", type=positive_int, default=None, help="images per class for --baseline random")
     p.add_argument("--model", "--models", dest="models", default="convnet",
                    help="architecture(s), comma-separated, e.g. convnet-w32,mlp,lenet")
-    p.add_argument("--full-epochs", type=int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")
-    p.add_argument("--runs", type=int, default=5, help="fresh networks per row")
+    p.add_argument("--full-epochs", type=positive_int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")
+    p.add_argument("--runs", type=positive_int, default=5, help="fresh networks per row")
     p.add_argument("--no-baselines", action="store_true", help="with a set: do not add the random/full rows")
     p.add_argument("--zca", action="store_true",
                    help="ZCA-whiten the dataset (baselines, and sets that do not record it, e.g. an imported .pt)")
@@ -44,11 +44,13 @@ def add_protocol_options(p) -> None:
     p.add_argument("--protocol", default=None,
                    help="hard (DC/MTT), soft (label distributions) or teacher (KD from --teacher); default: the one the "
                         "set records, else hard")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (protocol default: hard 1000, teacher 300)")
-    p.add_argument("--lr", type=float, default=None, help="override the protocol lr (and ignore a learned lr)")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
+    from dd.cli import positive_float, positive_int
+
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (protocol default: hard 1000, teacher 300)")
+    p.add_argument("--lr", type=positive_float, default=None, help="override the protocol lr (and ignore a learned lr)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="training batch size")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
-    p.add_argument("--temperature", type=float, default=None, help="teacher protocol: softmax temperature T")
+    p.add_argument("--temperature", type=positive_float, default=None, help="teacher protocol: softmax temperature T")
     p.add_argument("--teacher-bn", choices=["eval", "train"], default=None,
                    help="teacher protocol: BN with running statistics (eval) or each batch's own (train)")
     p.add_argument("--mix", choices=["none", "cutmix", "mixup"], default=None, help="teacher protocol: batch mixing")
@@ -88,7 +90,10 @@ def protocol_from_args(args, recorded: dict | None = None):
                  "temperature": args.temperature, "teacher_bn": args.teacher_bn, "mix": args.mix}
     if args.lr is not None:
         overrides.update(lr=args.lr, use_learned_lr=False)
-    overrides.update(coerce_fields(Protocol, parse_assignments(args.protocol_options, "--protocol-option")))
+    flags = {k: "--" + k.replace("_", "-") for k in overrides}
+    overrides = coerce_fields(Protocol, {k: v for k, v in overrides.items() if v is not None}, names=flags)
+    options = parse_assignments(args.protocol_options, "--protocol-option")
+    overrides.update(coerce_fields(Protocol, options, names={k: f"--protocol-option {k}" for k in options}))
     base = args.protocol or (recorded if recorded else "hard")
     return get_protocol(base, **overrides)
 

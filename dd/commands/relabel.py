@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def add_parser(sub, name):
-    from dd.cli import add_common
+    from dd.cli import add_common, positive_int
     from dd.commands.distill import add_teacher_options
     from dd.commands.eval import add_protocol_options
 
@@ -12,7 +12,7 @@ def add_parser(sub, name):
                                    "teacher's top-k logits in float16; `ddtk eval SET --labels DIR` trains on them without "
                                    "the teacher. Rerun the same command to resume.")
     p.add_argument("synset", help="a .safetensors synthetic set")
-    p.add_argument("--topk", type=int, default=10, help="logits kept per view (the rest get probability 0)")
+    p.add_argument("--topk", type=positive_int, default=10, help="logits kept per view (the rest get probability 0)")
     add_protocol_options(p)
     add_teacher_options(p)
     add_common(p)

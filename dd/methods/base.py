@@ -19,6 +19,7 @@ import torch
 
 from dd.data import ImageDataset
 from dd.synset import SyntheticSet
+from dd.validate import rule
 
 
 class DistillationDiverged(RuntimeError):
@@ -30,7 +31,7 @@ class MethodConfig:
     """Options every method shares; subclasses add their own with the paper's defaults."""
 
     model: str = "convnet"  # architecture the method distils with
-    init: str = "real"  # 'real' (random real images per class) or 'noise'
+    init: str = field(default="real", metadata=rule(choices=("real", "noise")))  # real images per class, or noise
     dsa: bool = True  # differentiable siamese augmentation during distillation
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     zca: bool = False  # whiten the dataset with ZCA (MTT does for CIFAR)
@@ -209,15 +210,19 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**coerce_fields(cls, values))
 
 
-def coerce_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+def coerce_fields(cls: type, values: dict[str, Any], names: Optional[dict] = None) -> dict[str, Any]:
     """Parses command-line strings and checks JSON values (--config files, the Python API) against a dataclass's
-    field types; an unknown key is refused with the known ones, a wrong value with its key and the type expected."""
+    field types and declared rules (dd.validate); an unknown key is refused with the known ones, a wrong value with
+    its key (or its flag in `names`) and what is expected."""
+    from dd.validate import check_fields
+
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    return {k: coerce_value(v, hints.get(k, Any), k, cls.__name__) for k, v in values.items()}
+    out = {k: coerce_value(v, hints.get(k, Any), k, cls.__name__) for k, v in values.items()}
+    return check_fields(cls, out, names)
 
 
 class _Mismatch(Exception):

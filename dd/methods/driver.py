@@ -25,6 +25,7 @@ from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, che
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
 from dd.utils import atomic_write_bytes, atomic_write_text, check_ipc, resolve_device, to_jsonable, versions
+from dd.validate import check_dataclass, rule
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -33,19 +34,22 @@ CHECKPOINT = "checkpoint.safetensors"
 class RunConfig:
     """The driver's options (the method's own live in its Config)."""
 
-    iterations: int = 1000  # outer iterations (per batch of images for methods that recover batch by batch)
-    eval_every: int = 100  # validate every N iterations (0: never; the final set is then the last one)
-    val_fraction: float = 0.1  # carved, stratified, from the training split
-    val_epochs: int = 300
-    val_runs: int = 1
+    # outer iterations (per batch of images for methods that recover batch by batch)
+    iterations: int = field(default=1000, metadata=rule(ge=1))
+    # validate every N iterations (0: never; the final set is then the last one)
+    eval_every: int = field(default=100, metadata=rule(ge=0))
+    val_fraction: float = field(default=0.1, metadata=rule(ge=0, lt=1))  # carved, stratified, from the training split
+    val_epochs: int = field(default=300, metadata=rule(ge=1))
+    val_runs: int = field(default=1, metadata=rule(ge=1))
     eval_models: tuple[str, ...] = ()  # architectures of the final report (default: the method's model)
-    eval_epochs: Optional[int] = None  # epochs of the final report (None: the protocol's own, 1000 hard / 300 teacher)
-    eval_runs: int = 5
+    # epochs of the final report (None: the protocol's own, 1000 hard / 300 teacher)
+    eval_epochs: Optional[int] = field(default=None, metadata=rule(ge=1))
+    eval_runs: int = field(default=5, metadata=rule(ge=0))  # 0: no final report
     eval_options: dict = field(default_factory=dict)  # other Protocol fields of the final report (e.g. temperature)
-    baselines: tuple[str, ...] = ("random", "full")
-    full_epochs: int = 30
-    checkpoint_minutes: float = 5.0
-    checkpoint_every: int = 0  # also checkpoint every N iterations (0: time-based only)
+    baselines: tuple[str, ...] = field(default=("random", "full"), metadata=rule(choices=("random", "full")))
+    full_epochs: int = field(default=30, metadata=rule(ge=1))
+    checkpoint_minutes: float = field(default=5.0, metadata=rule(ge=0))
+    checkpoint_every: int = field(default=0, metadata=rule(ge=0))  # also every N iterations (0: time-based only)
     wandb: bool = False
     wandb_project: str = "dd"
     progress: bool = True
@@ -139,7 +143,10 @@ def resolve(method: str, dataset: str, ipc: int, config: dict | None = None, *, 
 
 def run_config(run: RunConfig | dict | None) -> RunConfig:
     """The driver's options as a checked RunConfig (its eval_options typed as Protocol fields), before any work."""
-    run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
+    if isinstance(run, RunConfig):
+        check_dataclass(run)
+    else:
+        run = config_from_dict(RunConfig, dict(run or {}))
     return replace(run, eval_options=coerce_fields(Protocol, run.eval_options))
 
 

@@ -11,7 +11,7 @@ with labels on the fly or stored (`relabel_epochs`, or `ddtk relabel` afterwards
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -21,6 +21,7 @@ from dd.methods.base import EvalPlan, Method, MethodConfig, load_optimizer_state
 from dd.methods.recover import SCHEDULES, batchnorm_layers, cosine_lr, crop_scale_min, forward_with_bn_loss, recover_view
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
+from dd.validate import rule
 
 
 @dataclass
@@ -29,7 +30,7 @@ class SRe2LConfig(MethodConfig):
 
     init: str = "noise"  # 'noise' (standard normal in the normalized space, the paper) or 'real'
     dsa: bool = False  # unused: recovery has its own views (crop, flip, jitter)
-    lr: float = 0.25  # Adam lr (cosine to 0 over the iterations)
+    lr: float = field(default=0.25, metadata=rule(gt=0))  # Adam lr (cosine to 0 over the iterations)
     beta1: float = 0.5
     beta2: float = 0.9
     r_bn: float = 0.01  # weight of the BN-statistics loss
