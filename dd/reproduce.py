@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from dd.teachers import split_spec
 from dd.utils import atomic_write_json, atomic_write_text, to_jsonable
 
 BASELINE_ROWS = {"random": "random-real", "full": "full"}  # row methods that only evaluate -> their report row names
@@ -186,7 +187,7 @@ def _row(d: dict, index: int, spec_path: Path, eval_defaults: dict, seed: int, k
     if kind == "paper" and paper is None:
         raise SpecError(f"{where}: a paper spec needs the paper's number and its source in every row: "
                         '"paper": {"value": ..., "source": "..."}')
-    for name in [d.get("buffer")] + [str(t).rpartition("@")[0] or str(t) for t in d.get("teachers", [])]:
+    for name in [d.get("buffer")] + [split_spec(t)[0] for t in d.get("teachers", [])]:
         if name and name not in buffers and _looks_like_recipe(name):
             raise SpecError(f"{where}: '{name}' is neither a buffer recipe of this spec ({', '.join(buffers) or 'none'}) "
                             "nor a path")
@@ -388,8 +389,8 @@ def input_specs(row: Row, ctx: Context) -> tuple[Optional[str], list[str]]:
     """(buffer, teachers) as the distill command gets them: recipe names become OUT/buffers/NAME (keeping '@E'),
     anything else (a path, a module:callable) is passed as written; the row's entries win over its config file's."""
     def resolve(spec: str) -> str:
-        name, at, expert = spec.rpartition("@") if "@" in spec else (spec, "", "")
-        return f"{ctx.buffer_dir(name)}{at}{expert}" if name in ctx.spec.buffers else spec
+        name, expert = split_spec(spec)
+        return f"{ctx.buffer_dir(name)}{'' if expert is None else f'@{expert}'}" if name in ctx.spec.buffers else spec
 
     buffer = row.buffer or row.base.get("buffer")
     teachers = row.teachers or list(row.base.get("teachers", []))
@@ -398,7 +399,7 @@ def input_specs(row: Row, ctx: Context) -> tuple[Optional[str], list[str]]:
 
 def recipes_of(row: Row, spec: Spec) -> list[str]:
     """The spec's buffer recipes a row needs (its buffer and the teachers that name one), in order, once each."""
-    names = [row.buffer] + [str(t).rpartition("@")[0] or str(t) for t in row.teachers]
+    names = [row.buffer] + [split_spec(t)[0] for t in row.teachers]
     return [n for n in dict.fromkeys(names) if n and n in spec.buffers]
 
 
@@ -503,7 +504,7 @@ def buffer_status(name: str, ctx: Context) -> tuple[str, str]:
 
 def _input_path(spec: str) -> Path:
     """The file or directory behind a buffer/teacher spec (DIR@E names DIR)."""
-    return Path(spec.rpartition("@")[0] if "@" in spec and not Path(spec).exists() else spec)
+    return Path(split_spec(spec)[0])
 
 
 def _is_path_like(spec: str) -> bool:
@@ -600,7 +601,7 @@ def distill_status(row: Row, ctx: Context, state: State) -> tuple[str, str]:
     if any(buffer_status(n, ctx)[0] != "reuse" for n in recipes):  # a buffer in conflict raises, naming it
         return "run", "after its buffer/teachers are recorded"
     own = {str(ctx.buffer_dir(n)) for n in recipes}
-    external = [p for p in [kwargs["buffer"], *kwargs["teachers"]] if p and p.rpartition("@")[0] not in own and p not in own]
+    external = [p for p in [kwargs["buffer"], *kwargs["teachers"]] if p and split_spec(p)[0] not in own]
     if not all(_input_present(p) for p in external):
         return "run", "once its input files are there"
     identity, run = expected_identity(kwargs), wanted_run(kwargs)

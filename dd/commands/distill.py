@@ -70,6 +70,24 @@ def safe_name(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
 
 
+def read_config(path: str) -> dict:
+    """A --config file's content: a JSON object (method options, "run": {...}); anything else is refused, naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config '{path}' {'is a directory' if p.is_dir() else 'does not exist'}; give a JSON "
+                                "file of method options")
+    try:
+        loaded = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"--config '{path}' is not valid JSON ({e})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config '{path}' holds a JSON {type(loaded).__name__}; its top level must be an object of "
+                         'method options, e.g. {"lr_img": 100, "run": {"iterations": 500}}')
+    if not isinstance(loaded.get("run", {}), dict):
+        raise ValueError(f"--config '{path}': \"run\" must be an object of run options, e.g. {{\"iterations\": 500}}")
+    return loaded
+
+
 def distill_arguments(args, config_data: dict | None = None) -> dict:
     """The keyword arguments of `dd.methods.distill` that parsed `ddtk distill` options mean: command line >
     --config file > defaults. `config_data` stands in for the --config file's content when the caller already holds
@@ -81,7 +99,7 @@ def distill_arguments(args, config_data: dict | None = None) -> dict:
     cfg: dict = {}
     run_cfg: dict = {}
     if args.config:
-        loaded = dict(config_data) if config_data is not None else json.loads(Path(args.config).read_text())
+        loaded = dict(config_data) if config_data is not None else read_config(args.config)
         run_cfg.update(loaded.pop("run", {}))
         loaded.pop("notes", None)  # the config's sources and commands, for people
         for k in ("method", "dataset", "ipc", "buffer", "teachers", "teacher_model"):  # the command line wins over the file

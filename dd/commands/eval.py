@@ -153,6 +153,13 @@ def _run(args, group) -> int:
         check_weight(args.ars_weight, "--ars-weight")
     recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
     protocol = protocol_from_args(args, recorded)
+    if args.labels and protocol.labels != "teacher":
+        raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
+    stored = None
+    if args.labels:  # its manifest and every epoch file checked before any data is read
+        from dd.eval.labels import StoredLabels
+
+        stored = StoredLabels(args.labels)
     name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
     zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else args.zca
     options = data_options(args)
@@ -162,14 +169,12 @@ def _run(args, group) -> int:
     teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
     if protocol.labels == "teacher" and teacher is None:
         raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` directory)")
-    if args.labels and protocol.labels != "teacher":
-        raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
     baselines = report_baselines(args)
     if "random" in baselines and args.ipc is None and synset is None:
         raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
                           full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
-                          device=device, seed=args.seed, teacher=teacher, labels=args.labels, lr_search=lr_search,
+                          device=device, seed=args.seed, teacher=teacher, labels=stored, lr_search=lr_search,
                           group=group, progress=group.is_main)
     if not group.is_main:
         return 0
@@ -182,7 +187,7 @@ def _run(args, group) -> int:
         report = add_scores(report, synset, archs, protocol, args.runs, w=args.lrs_weight, gamma=args.ars_weight,
                             dataset=dataset, ipc=args.ipc, full_epochs=args.full_epochs or args.epochs or 30,
                             full_runs=args.runs if args.baseline else 1, device=device, seed=args.seed,
-                            teacher=teacher, labels=args.labels)
+                            teacher=teacher, labels=stored)
     for r in report.rows:
         print(r)
     print()

@@ -36,7 +36,8 @@ def run(args) -> int:
     synset = SyntheticSet.load(args.synset)
     protocol = protocol_from_args(args, (synset.meta.get("evaluation") or {}).get("protocol") or "teacher")
     if protocol.labels != "teacher":
-        raise ValueError("stored labels are teacher labels: use the teacher protocol")
+        raise ValueError(f"the set is scored under the '{protocol.name}' protocol but stored labels are teacher labels: "
+                         "pass --protocol teacher (with --teacher SPEC if the set records no teacher)")
     dataset = load_dataset(synset.meta["dataset"], root=args.data_root, zca=bool(synset.meta.get("zca")),
                            **options_for_set(synset.meta["dataset"], synset.meta, data_options(args)))
     device = resolve_device(args.device)

@@ -114,7 +114,12 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | None = None, zca: bool
                              "image-folder datasets (imagenet, its subsets, tinyimagenet's storage options, folder:PATH)")
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if is_user:
-        ds = fn(**({"root": root} if root is not None and _accepts(fn, "root") else {}), **kwargs)
+        try:
+            ds = fn(**({"root": root} if root is not None and _accepts(fn, "root") else {}), **kwargs)
+        except DatasetNotFoundError:
+            raise
+        except Exception as e:
+            raise ValueError(f"user dataset '{name}' (the dataset loader) raised {type(e).__name__}: {e}") from e
         if not isinstance(ds, ImageDataset):
             raise ValueError(f"user dataset '{name}' returned a {type(ds).__name__}, expected a dd.data.ImageDataset "
                              "(build one with ImageDataset.from_uint8(...) or ImageDataset(...))")

@@ -291,7 +291,11 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
                 last_ckpt = time.monotonic()
     except DistillationDiverged as e:
         logger.close()
-        kept = f"; the last good checkpoint is kept in {out_dir / ckpt}" if out_dir else ""
+        if out_dir is not None and (out_dir / ckpt).exists():
+            kept = (f"; the last good checkpoint is kept in {out_dir / ckpt}; to start over with a lower lr (e.g. "
+                    "--set lr_img=...) pass --restart")
+        else:
+            kept = "; no checkpoint was written before it (lower the method's lr, e.g. --set lr_img=...)"
         raise DistillationDiverged(f"{e}{kept}") from None
     if out_dir is not None and total > start_it:
         _save_checkpoint(out_dir / ckpt, m, g, identity, total, best, best_set, history)

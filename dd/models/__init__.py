@@ -29,7 +29,12 @@ def build_model(name: str, channels: int, num_classes: int, image_size, **option
     else:
         fn = MODELS.get(name)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    return fn(channels, num_classes, size, **options)
+    if ":" not in name:
+        return fn(channels, num_classes, size, **options)
+    try:
+        return fn(channels, num_classes, size, **options)
+    except Exception as e:
+        raise ValueError(f"user model '{name}' (called to build a network) raised {type(e).__name__}: {e}") from e
 
 
 __all__ = ["MODELS", "MLP", "LeNet", "AlexNet", "VGG11", "ConvNet", "ResNet18", "TorchvisionResNet", "ViT",
