@@ -83,6 +83,14 @@ def positive_float(text: str) -> float:
     return _float_at_least(text, 0.0, strict=True)
 
 
+def unit_float(text: str) -> float:
+    """argparse type of weights in [0, 1] (e.g. --lrs-weight)."""
+    value = _float_at_least(text, 0.0, strict=False)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return value
+
+
 def _float_at_least(text: str, bound: float, strict: bool) -> float:
     try:
         value = float(text)
@@ -126,12 +134,32 @@ def positive_int(text: str) -> int:
     return value
 
 
+# commands whose --out is a file (the others write into a directory)
+OUT_IS_FILE = {"show"}
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """--out of a command that writes a directory must not be an existing file (of `ddtk show`: not a directory), and
+    --data-root must be a directory: refused before any work."""
+    from pathlib import Path
+
+    root = getattr(args, "data_root", None)
+    if root is not None and not Path(root).expanduser().is_dir():
+        raise FileNotFoundError(f"--data-root '{root}' is not a directory; give the directory that holds the datasets")
+    out = getattr(args, "out", None)
+    if out is not None and args.command not in OUT_IS_FILE and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out '{out}' is a file; give a directory (new or existing)")
+    if out is not None and args.command in OUT_IS_FILE and Path(out).is_dir():
+        raise ValueError(f"--out '{out}' is a directory; give the path of the file to write")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_paths(args)
         return int(args._run(args) or 0)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"ddtk {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -453,7 +453,22 @@ class State:
 
     def __init__(self, path: Path):
         self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {"format": self.FORMAT, "buffers": {}, "rows": {}}
+        self.data = self._read() if path.is_file() else {"format": self.FORMAT, "buffers": {}, "rows": {}}
+
+    def _read(self) -> dict:
+        """The file's content, checked against the sha256 it records of itself (a damaged file is refused)."""
+        from dd.utils import sha256_bytes
+
+        fix = "delete it: reproduce then checks every artifact again (wall times already recorded are lost)"
+        try:
+            data = json.loads(self.path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"reproduce state '{self.path}' is not valid JSON ({e}); {fix}") from None
+        recorded = data.pop("sha256", None) if isinstance(data, dict) else None
+        if not isinstance(data, dict) or (recorded is not None and
+                                          recorded != sha256_bytes(json.dumps(data, sort_keys=True).encode())):
+            raise ValueError(f"reproduce state '{self.path}' is damaged (its content does not match its sha256); {fix}")
+        return data
 
     def get(self, *keys) -> Any:
         node = self.data
@@ -470,12 +485,15 @@ class State:
         with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.path.is_file():
-                self.data = json.loads(self.path.read_text())
+                self.data = self._read()
             node = self.data
             for k in keys[:-1]:
                 node = node.setdefault(k, {})
             node[keys[-1]] = value
-            atomic_write_json(self.path, to_jsonable(self.data))
+            from dd.utils import sha256_bytes
+
+            data = to_jsonable(self.data)
+            atomic_write_json(self.path, {**data, "sha256": sha256_bytes(json.dumps(data, sort_keys=True).encode())})
 
 
 def buffer_status(name: str, ctx: Context) -> tuple[str, str]:

@@ -105,9 +105,9 @@ def open_teacher(spec: str, teacher_model: Optional[str] = None) -> TeacherSourc
         return _from_file(spec, Path(spec), teacher_model)
     if ":" in spec and not spec.endswith(CHECKPOINT_SUFFIXES) and not Path(spec).exists():
         return _from_callable(spec)
-    what = "exists but is not a file or directory" if Path(spec).exists() else "does not exist"
-    raise FileNotFoundError(f"teacher '{spec}' {what}; a teacher spec is {SPEC_GRAMMAR}; train one with "
-                            "`ddtk buffer --experts 1 --out DIR`")
+    what = "is not a regular file or directory" if Path(spec).exists() else "does not exist"
+    raise FileNotFoundError(f"teacher '{spec}' is neither a buffer directory, a checkpoint file nor a callable (it "
+                            f"{what}); a teacher spec is {SPEC_GRAMMAR}; train one with `ddtk buffer --experts 1 --out DIR`")
 
 
 def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
@@ -116,6 +116,11 @@ def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
     models = teacher_model if isinstance(teacher_model, (list, tuple)) else [teacher_model]
     if len(models) == 1:
         models = models * len(specs)
+    for m in models:
+        if m is not None:
+            from dd.models import check_model
+
+            check_model(m, "--teacher-model")
     if len(models) != len(specs):
         raise ValueError(f"--teacher-model was given {len(models)} times for {len(specs)} teachers: give it once (for "
                          "every checkpoint file) or once per --teacher, in the same order")

@@ -19,7 +19,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """'auto' (or None) picks CUDA when present, else CPU; anything else is passed to torch.device."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device {device!r} is not a device ({e}); use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device '{device}' was requested but CUDA is not available; use --device cpu")
     return dev
@@ -120,6 +123,8 @@ def parse_assignments(items: list[str], option: str) -> dict[str, str]:
         if "=" not in item:
             raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
+        if not k.strip():
+            raise ValueError(f"{option} expects KEY=VALUE with a non-empty KEY, got {item!r}")
         out[k.strip()] = v.strip()
     return out
 

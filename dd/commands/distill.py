@@ -42,6 +42,12 @@ def add_teacher_options(p) -> None:
                    help="architecture of checkpoint teachers that do not name it: once for all, or once per --teacher")
 
 
+def check_teacher_model(teachers, teacher_model) -> None:
+    """--teacher-model without --teacher would be ignored: refused (distill, eval and relabel share the options)."""
+    if teacher_model and not teachers:
+        raise ValueError("--teacher-model names the architecture of --teacher checkpoint files: give --teacher too")
+
+
 # run options that have a flag of their own; the others are set in a --config file's "run" section
 RUN_FLAGS = {"iterations": "--iterations", "eval_epochs": "--eval-epochs", "eval_runs": "--eval-runs",
              "eval_every": "--eval-every", "eval_models": "--eval-models"}
@@ -56,6 +62,9 @@ def check_set_keys(method: str, sets: dict) -> None:
     method_keys = {f.name for f in fields(method_class(method).Config)}
     run_keys = {f.name for f in fields(RunConfig)}
     for key, value in sets.items():
+        if key not in run_keys and key not in method_keys:
+            raise ValueError(f"--set {key}={value}: method '{method}' has no option '{key}'; known: "
+                             f"{', '.join(sorted(method_keys))}")
         if key in run_keys and key not in method_keys:
             where = (f"use {RUN_FLAGS[key]} {value}" if key in RUN_FLAGS
                      else f'put it in a --config file\'s "run" section, e.g. {{"run": {{"{key}": {value}}}}}')
@@ -113,14 +122,17 @@ def distill_arguments(args, config_data: dict | None = None) -> dict:
     sets = parse_assignments(args.sets, "--set")
     check_set_keys(args.method, sets)
     cfg.update(sets)
-    if args.model:
+    if args.model is not None:
         cfg["model"] = args.model
     for key, val in (("iterations", args.iterations), ("eval_epochs", args.eval_epochs), ("eval_runs", args.eval_runs),
                      ("eval_every", args.eval_every)):
         if val is not None:
             run_cfg[key] = val
-    if args.eval_models:
-        run_cfg["eval_models"] = tuple(a.strip() for a in args.eval_models.split(","))
+    if args.eval_models is not None:
+        from dd.commands.eval import parse_models
+
+        run_cfg["eval_models"] = tuple(parse_models(args.eval_models, "--eval-models"))
+    check_teacher_model(args.teachers, args.teacher_model)
     if args.no_full_baseline:
         run_cfg["baselines"] = ("random",)
     run_cfg["wandb"] = args.wandb or run_cfg.get("wandb", False)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def add_parser(sub, name):
-    from dd.cli import add_common, positive_int
+    from dd.cli import add_common, positive_int, unit_float
     from dd.commands.distill import add_teacher_options
 
     p = sub.add_parser(name, help="evaluate a synthetic set or a baseline under the standard protocol")
@@ -24,8 +24,8 @@ def add_parser(sub, name):
                    help="ZCA-whiten the dataset (baselines, and sets that do not record it, e.g. an imported .pt)")
     p.add_argument("--scores", action="store_true",
                    help="add DD-Ranking scores (HLR, IOR, LRS, ARS) per architecture to the report (see dd.eval.scores)")
-    p.add_argument("--lrs-weight", type=float, default=0.5, help="--scores: w in alpha = w IOR - (1 - w) HLR")
-    p.add_argument("--ars-weight", type=float, default=0.5,
+    p.add_argument("--lrs-weight", type=unit_float, default=0.5, help="--scores: w in alpha = w IOR - (1 - w) HLR")
+    p.add_argument("--ars-weight", type=unit_float, default=0.5,
                    help="--scores: gamma in beta = gamma (gap with augmentation) + (1 - gamma) (gap without)")
     add_protocol_options(p)
     p.add_argument("--lr-search", default=None, metavar="LR,LR,...",
@@ -70,9 +70,14 @@ def parse_lr_list(text: str) -> list[float]:
     return values
 
 
-def parse_models(text: str) -> list[str]:
-    """--models 'a, b,c' -> ['a', 'b', 'c']."""
-    return [a.strip() for a in text.split(",") if a.strip()]
+def parse_models(text: str, option: str = "--models") -> list[str]:
+    """--models 'a, b,c' -> ['a', 'b', 'c'], each a known model (checked before any data is read)."""
+    from dd.models import check_model
+
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    if not names:
+        raise ValueError(f"{option} expects comma-separated model names (see `ddtk models`), got {text!r}")
+    return [check_model(n, option) for n in names]
 
 
 def report_baselines(args) -> list[str]:
@@ -94,7 +99,7 @@ def protocol_from_args(args, recorded: dict | None = None):
     overrides = coerce_fields(Protocol, {k: v for k, v in overrides.items() if v is not None}, names=flags)
     options = parse_assignments(args.protocol_options, "--protocol-option")
     overrides.update(coerce_fields(Protocol, options, names={k: f"--protocol-option {k}" for k in options}))
-    base = args.protocol or (recorded if recorded else "hard")
+    base = args.protocol if args.protocol is not None else (recorded if recorded else "hard")
     return get_protocol(base, **overrides)
 
 
@@ -135,7 +140,10 @@ def _run(args, group) -> int:
     from dd.synset import SyntheticSet
     from dd.utils import seed_everything
 
+    from dd.commands.distill import check_teacher_model
+
     seed_everything(args.seed)
+    check_teacher_model(args.teachers, args.teacher_model)
     lr_search = parse_lr_list(args.lr_search) if args.lr_search is not None else None
     if lr_search and args.lr is not None:
         raise ValueError("--lr fixes the lr and --lr-search chooses it: give one (the full-data baseline's lr can be "
@@ -160,7 +168,8 @@ def _run(args, group) -> int:
         from dd.eval.labels import StoredLabels
 
         stored = StoredLabels(args.labels)
-    name = args.dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
+    name = args.dataset if args.dataset is not None else (
+        (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET)
     zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else args.zca
     options = data_options(args)
     dataset = load_dataset(name, root=args.data_root, zca=zca,
@@ -170,6 +179,9 @@ def _run(args, group) -> int:
     if protocol.labels == "teacher" and teacher is None:
         raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` directory)")
     baselines = report_baselines(args)
+    if args.ipc is not None and "random" not in baselines:
+        raise ValueError("--ipc sets the random-real baseline's images per class, and this report has none: drop "
+                         "--ipc or add --baseline random")
     if "random" in baselines and args.ipc is None and synset is None:
         raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,

@@ -29,6 +29,10 @@ def run(args) -> int:
     from dd.teachers import open_teachers
     from dd.utils import resolve_device
 
+    from dd.commands.distill import check_teacher_model
+
+    device = resolve_device(args.device)
+    check_teacher_model(args.teachers, args.teacher_model)
     if not args.out:
         raise ValueError("ddtk relabel needs --out DIR (the label directory)")
     if args.epochs is None:
@@ -40,7 +44,6 @@ def run(args) -> int:
                          "pass --protocol teacher (with --teacher SPEC if the set records no teacher)")
     dataset = load_dataset(synset.meta["dataset"], root=args.data_root, zca=bool(synset.meta.get("zca")),
                            **options_for_set(synset.meta["dataset"], synset.meta, data_options(args)))
-    device = resolve_device(args.device)
     teacher = teacher_for(args, synset, dataset, device)
     if teacher is None:
         raise ValueError("pass --teacher SPEC (the set records no teacher)")

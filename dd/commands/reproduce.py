@@ -33,7 +33,9 @@ def run(args) -> int:
     from dd.lock import command_line
     from dd.reproduce import reproduce
 
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows is not None else None
+    if rows == []:
+        raise ValueError(f"--rows expects comma-separated row ids, got {args.rows!r}")
     return reproduce(args.spec, rows=rows, out=args.out, dry_run=args.dry_run, smoke=args.smoke, device=args.device,
                      data_root=args.data_root, command=command_line(),
                      jobs=args.jobs)

@@ -202,7 +202,8 @@ def check_input_counts(cls: type, buffers: int, teachers: int) -> None:
             raise ValueError(f"method '{cls.name}' needs {lo if hi == lo else f'at least {lo}'} {kind[:-1]}"
                              f"{'s' if lo > 1 else ''}: pass {flag} ({how})")
         if hi is not None and have > hi:
-            raise ValueError(f"method '{cls.name}' takes {'no' if hi == 0 else f'at most {hi}'} {kind}, got {have}")
+            raise ValueError(f"method '{cls.name}' takes {'no' if hi == 0 else f'at most {hi}'} {kind} "
+                             f"({flag.split()[0]}), got {have}")
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
@@ -219,7 +220,9 @@ def coerce_fields(cls: type, values: dict[str, Any], names: Optional[dict] = Non
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+        given = ", ".join(names[k] for k in unknown if names and k in names)
+        raise ValueError(f"{given + ': ' if given else ''}unknown option(s) {unknown} for {cls.__name__}; known: "
+                         f"{sorted(fields)}")
     hints = typing.get_type_hints(cls)
     out = {k: coerce_value(v, hints.get(k, Any), k, cls.__name__) for k, v in values.items()}
     return check_fields(cls, out, names)

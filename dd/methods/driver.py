@@ -23,8 +23,10 @@ from dd.lock import output_lock
 from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, coerce_fields,
                              config_from_dict)
 from dd.methods.registry import METHODS
+from dd.models import check_model
 from dd.synset import SyntheticSet
-from dd.utils import atomic_write_bytes, atomic_write_text, check_ipc, resolve_device, to_jsonable, versions
+from dd.utils import (atomic_write_bytes, atomic_write_text, check_ipc, resolve_device, sha256_bytes, to_jsonable,
+                      versions)
 from dd.validate import check_dataclass, rule
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -137,6 +139,7 @@ def resolve(method: str, dataset: str, ipc: int, config: dict | None = None, *, 
     check_ipc(ipc)
     inputs = open_inputs(cls, buffers, teachers, teacher_model, verify=verify)
     mcfg = cls.resolve_config(dict(config or {}), dataset, ipc, inputs)
+    check_model(mcfg.model, f"option 'model' of method '{cls.name}' (--model)")
     check_inputs(inputs, dataset, mcfg)
     return cls, mcfg, inputs
 
@@ -147,6 +150,8 @@ def run_config(run: RunConfig | dict | None) -> RunConfig:
         check_dataclass(run)
     else:
         run = config_from_dict(RunConfig, dict(run or {}))
+    for arch in run.eval_models:
+        check_model(arch, "eval_models (--eval-models)")
     return replace(run, eval_options=coerce_fields(Protocol, run.eval_options))
 
 
@@ -347,11 +352,22 @@ def _save_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict, 
     tensors["rng.torch"] = torch.get_rng_state()
     if best_set is not None:
         tensors.update({f"best.{k}": v for k, v in best_set.tensors().items()})
-    header = {"identity": json.dumps(identity, sort_keys=True), "iteration": str(it), "best": json.dumps(best),
-              "history": json.dumps(history), "method_info": json.dumps(to_jsonable(info)),
-              "best_meta": json.dumps(to_jsonable(best_set.meta)) if best_set is not None else "null",
+    header = {"identity": json.dumps(identity, sort_keys=True), "iteration": str(it),
+              "best": json.dumps(best, sort_keys=True), "history": json.dumps(history, sort_keys=True),
+              "method_info": json.dumps(to_jsonable(info), sort_keys=True),
+              "best_meta": json.dumps(to_jsonable(best_set.meta), sort_keys=True) if best_set is not None else "null",
               "best_num_classes": str(best_set.num_classes) if best_set is not None else "0"}
+    header["integrity"] = _checkpoint_digest(header, tensors)
     atomic_write_bytes(path, save(tensors, metadata=header))
+
+
+def _checkpoint_digest(header: dict, tensors: dict) -> str:
+    """sha256 over a checkpoint's header and every tensor's bytes: a flipped byte anywhere is refused on resume."""
+    from dd.synset import _digest
+
+    parts = {"header": {k: v for k, v in header.items() if k != "integrity"},
+             "tensors": {k: _digest(v) for k, v in tensors.items()}}
+    return sha256_bytes(json.dumps(parts, sort_keys=True).encode())
 
 
 def _load_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict):
@@ -363,6 +379,9 @@ def _load_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict):
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise RuntimeError(f"checkpoint '{path}' is unreadable ({e}); delete it to start over") from e
+    if header.get("integrity") is not None and header["integrity"] != _checkpoint_digest(header, tensors):
+        raise RuntimeError(f"checkpoint '{path}' is damaged (its content does not match its recorded sha256); delete "
+                           "it to start over")
     saved = json.loads(header["identity"])
     diff = _diff(saved, identity)
     if diff:
