@@ -83,14 +83,6 @@ def positive_float(text: str) -> float:
     return _float_at_least(text, 0.0, strict=True)
 
 
-def unit_float(text: str) -> float:
-    """argparse type of weights in [0, 1] (e.g. --lrs-weight)."""
-    value = _float_at_least(text, 0.0, strict=False)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
-    return value
-
-
 def _float_at_least(text: str, bound: float, strict: bool) -> float:
     try:
         value = float(text)

@@ -116,14 +116,14 @@ def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
     models = teacher_model if isinstance(teacher_model, (list, tuple)) else [teacher_model]
     if len(models) == 1:
         models = models * len(specs)
+    if len(models) != len(specs):
+        raise ValueError(f"--teacher-model was given {len(models)} times for {len(specs)} teachers: give it once (for "
+                         "every checkpoint file) or once per --teacher, in the same order")
     for m in models:
         if m is not None:
             from dd.models import check_model
 
             check_model(m, "--teacher-model")
-    if len(models) != len(specs):
-        raise ValueError(f"--teacher-model was given {len(models)} times for {len(specs)} teachers: give it once (for "
-                         "every checkpoint file) or once per --teacher, in the same order")
     sources = [open_teacher(s, m) for s, m in zip(specs, models)]
     seen: dict = {}
     for src in sources:

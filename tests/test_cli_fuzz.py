@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SEED = 20
 FLAGS_ONLY = (argparse._StoreTrueAction, argparse.BooleanOptionalAction)  # nothing to give a bad value to
 INT_TYPES = {"positive_int", "non_negative_int", "seed_int", "int"}
-FLOAT_TYPES = {"positive_float", "non_negative_float", "unit_float", "float"}
+FLOAT_TYPES = {"positive_float", "non_negative_float", "float"}
 # destinations that name things (registries, devices, rows), files, directories, or KEY=VALUE lists
 NAMES = {"dataset", "method", "model", "models", "eval_models", "teacher_model", "protocol", "device", "rows",
          "baseline"}
@@ -123,7 +123,7 @@ def bad_values(kind: str, action: argparse.Action, w, rng: random.Random) -> lis
         values = [junk, "nan", "inf", "-inf", "1e400", "", f"{-rng.uniform(0.01, 100):.3f}"]
         if getattr(action.type, "__name__", "") == "positive_float":
             values.append("0")
-        if getattr(action.type, "__name__", "") == "unit_float":
+        if action.dest.endswith("_weight"):  # weights in [0, 1]
             values.append(f"{rng.uniform(1.01, 10):.2f}")
         return values
     if kind == "choice":

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 def add_parser(sub, name):
-    from dd.cli import add_common, positive_int, unit_float
+    from dd.cli import add_common, positive_int
     from dd.commands.distill import add_teacher_options
 
     p = sub.add_parser(name, help="evaluate a synthetic set or a baseline under the standard protocol")
@@ -24,8 +24,8 @@ def add_parser(sub, name):
                    help="ZCA-whiten the dataset (baselines, and sets that do not record it, e.g. an imported .pt)")
     p.add_argument("--scores", action="store_true",
                    help="add DD-Ranking scores (HLR, IOR, LRS, ARS) per architecture to the report (see dd.eval.scores)")
-    p.add_argument("--lrs-weight", type=unit_float, default=0.5, help="--scores: w in alpha = w IOR - (1 - w) HLR")
-    p.add_argument("--ars-weight", type=unit_float, default=0.5,
+    p.add_argument("--lrs-weight", type=float, default=0.5, help="--scores: w in alpha = w IOR - (1 - w) HLR")
+    p.add_argument("--ars-weight", type=float, default=0.5,
                    help="--scores: gamma in beta = gamma (gap with augmentation) + (1 - gamma) (gap without)")
     add_protocol_options(p)
     p.add_argument("--lr-search", default=None, metavar="LR,LR,...",
@@ -152,13 +152,12 @@ def _run(args, group) -> int:
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
         raise ValueError("give a synthetic set file or --baseline random|full")
-    if args.scores:
-        from dd.eval.scores import check_weight
+    from dd.eval.scores import check_weight
 
-        if synset is None:
-            raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
-        check_weight(args.lrs_weight, "--lrs-weight")  # before any training
-        check_weight(args.ars_weight, "--ars-weight")
+    check_weight(args.lrs_weight, "--lrs-weight")  # before any training (and with or without --scores)
+    check_weight(args.ars_weight, "--ars-weight")
+    if args.scores and synset is None:
+        raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
     recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
     protocol = protocol_from_args(args, recorded)
     if args.labels and protocol.labels != "teacher":

@@ -366,7 +366,7 @@ def _checkpoint_digest(header: dict, tensors: dict) -> str:
     from dd.synset import _digest
 
     parts = {"header": {k: v for k, v in header.items() if k != "integrity"},
-             "tensors": {k: _digest(v) for k, v in tensors.items()}}
+             "tensors": {k: _digest(v.reshape(-1)) for k, v in tensors.items()}}  # reshape: 0-dim tensors too
     return sha256_bytes(json.dumps(parts, sort_keys=True).encode())
 
 
