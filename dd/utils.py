@@ -74,10 +74,40 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+TEMP_GLOB = ".*.tmp"  # what atomic_write_bytes names its temporary files: .NAME.RANDOM.tmp beside NAME
+
+
+def remove_stale_temps(directory: str | os.PathLike, subdirs: tuple[str, ...] = ()) -> list[Path]:
+    """Deletes the temporary files a killed writer left in `directory` (and the named subdirectories); call it only
+    while holding the directory's lock (dd.lock), when no other writer can be mid-write. Returns what it removed."""
+    removed = []
+    for d in (Path(directory), *(Path(directory) / s for s in subdirs)):
+        for p in sorted(d.glob(TEMP_GLOB)) if d.is_dir() else []:
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    """safetensors.torch.save's bytes with the header's metadata in sorted key order: the library writes that map in
+    a per-process random order, so two identical runs would otherwise write files with different sha256."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {**({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}), **header}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format's 8-byte alignment of the data that follows
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

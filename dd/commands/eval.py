@@ -167,6 +167,12 @@ def _run(args, group) -> int:
         from dd.eval.labels import StoredLabels
 
         stored = StoredLabels(args.labels)
+    baselines = report_baselines(args)
+    if args.ipc is not None and "random" not in baselines:
+        raise ValueError("--ipc sets the random-real baseline's images per class, and this report has none: drop "
+                         "--ipc or add --baseline random")
+    if "random" in baselines and args.ipc is None and synset is None:
+        raise ValueError("--baseline random needs --ipc N")
     name = args.dataset if args.dataset is not None else (
         (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET)
     zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else args.zca
@@ -174,15 +180,11 @@ def _run(args, group) -> int:
     dataset = load_dataset(name, root=args.data_root, zca=zca,
                            **(options_for_set(name, synset.meta, options) if synset is not None else options))
     device = group.local_device()
-    teacher = teacher_for(args, synset, dataset, device) if protocol.labels == "teacher" else None
-    if protocol.labels == "teacher" and teacher is None:
+    # stored labels stand in for the teacher on the set's rows; baseline rows and --scores still run the teacher
+    needs_teacher = protocol.labels == "teacher" and (stored is None or bool(baselines) or args.scores)
+    teacher = teacher_for(args, synset, dataset, device) if needs_teacher else None
+    if needs_teacher and teacher is None:
         raise ValueError("the teacher protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` directory)")
-    baselines = report_baselines(args)
-    if args.ipc is not None and "random" not in baselines:
-        raise ValueError("--ipc sets the random-real baseline's images per class, and this report has none: drop "
-                         "--ipc or add --baseline random")
-    if "random" in baselines and args.ipc is None and synset is None:
-        raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, archs, protocol, args.runs, dataset=dataset, ipc=args.ipc, baselines=baselines,
                           full_epochs=args.full_epochs or args.epochs or 30, full_runs=args.runs if args.baseline else 1,
                           device=device, seed=args.seed, teacher=teacher, labels=stored, lr_search=lr_search,

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from dd.eval.protocol import Protocol
 from dd.eval.views import EpochViews, apply_views, draw_views, epoch_generator
 from dd.lock import output_lock
-from dd.utils import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file, to_jsonable, versions
+from dd.utils import (atomic_write_bytes, atomic_write_json, safetensors_bytes, sha256_bytes, sha256_file, to_jsonable,
+                      versions)
 
 FORMAT = "dd.labels/1"
 MANIFEST = "manifest.json"
@@ -105,9 +106,7 @@ def _write_labels(images: torch.Tensor, teacher: torch.nn.Module, protocol: Prot
                 indices.append(i.to(torch.int16).cpu())
         tensors = {**views.tensors(), "values": torch.cat(values), "indices": torch.cat(indices)}
         name = f"epoch_{e:04d}.safetensors"
-        from safetensors.torch import save
-
-        atomic_write_bytes(out / name, save({kk: v.contiguous() for kk, v in tensors.items()},
+        atomic_write_bytes(out / name, safetensors_bytes({kk: v.contiguous() for kk, v in tensors.items()},
                                             metadata={"format": FORMAT, "epoch": str(e)}))
         manifest["files"].append({"epoch": e, "file": name, "sha256": sha256_file(out / name),
                                   "bytes": (out / name).stat().st_size})

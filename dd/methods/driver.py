@@ -25,8 +25,8 @@ from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, che
 from dd.methods.registry import METHODS
 from dd.models import check_model
 from dd.synset import SyntheticSet
-from dd.utils import (atomic_write_bytes, atomic_write_text, check_ipc, resolve_device, sha256_bytes, to_jsonable,
-                      versions)
+from dd.utils import (atomic_write_bytes, atomic_write_text, check_ipc, remove_stale_temps, resolve_device,
+                      safetensors_bytes, sha256_bytes, to_jsonable, versions)
 from dd.validate import check_dataclass, rule
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -249,6 +249,8 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
     logger = _Logger(out_dir if main else None, run, identity)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            remove_stale_temps(out_dir / "grids")  # the lock removed OUT's own; a killed run's grid temps too
     total = m.num_steps(run.iterations)
     start_it, best, history = 0, {"acc": -1.0, "it": -1}, []
     best_set: Optional[SyntheticSet] = None
@@ -344,8 +346,6 @@ def _finalize_meta(s: SyntheticSet, identity: dict, best: dict, run: RunConfig, 
 
 def _save_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict, it: int, best: dict,
                      best_set: Optional[SyntheticSet], history: list) -> None:
-    from safetensors.torch import save
-
     tensors, info = m.state()
     tensors = {f"method.{k}": v.detach().cpu().contiguous() for k, v in tensors.items()}
     tensors["rng.driver"] = g.get_state()
@@ -358,7 +358,7 @@ def _save_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict, 
               "best_meta": json.dumps(to_jsonable(best_set.meta), sort_keys=True) if best_set is not None else "null",
               "best_num_classes": str(best_set.num_classes) if best_set is not None else "0"}
     header["integrity"] = _checkpoint_digest(header, tensors)
-    atomic_write_bytes(path, save(tensors, metadata=header))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=header))
 
 
 def _checkpoint_digest(header: dict, tensors: dict) -> str:
