@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from dd.cli import main
-from dd.data import ImageDataset, load_dataset
+from dd.data import load_dataset
 from dd.methods.base import config_from_dict
 from dd.methods.dm import DMConfig
 from dd.methods.driver import RunConfig, run_config
@@ -158,7 +158,7 @@ def test_rules_by_hand():
 @pytest.mark.parametrize("values, message", [
     ({"lr_img": "nan"}, "option 'lr_img' of DMConfig must be a finite number, got nan"),
     ({"lr_img": -1}, "option 'lr_img' of DMConfig must be > 0, got -1"),
-    ({"init": "zeros"}, "option 'init' of DMConfig must be one of 'real', 'noise'; got 'zeros'"),
+    ({"momentum": "inf"}, "option 'momentum' of DMConfig must be a finite number, got inf"),
 ])
 def test_method_options_are_checked_however_they_are_given(values, message, capsys, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -213,19 +213,27 @@ def test_user_callables_that_raise_name_the_spec_and_role(capsys, tmp_path, monk
     assert "user dataset 'userthings:data' (the dataset loader) raised OSError: disk on fire" in err
 
 
-def _tiny(labels, std=(0.5,)):
-    x = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
-    return ImageDataset.from_uint8("tiny", x, labels, x, [0, 1, 0, 1], mean=(0.5,), std=std, class_names=["a", "b"])
-
-
-def test_user_datasets_with_bad_labels_or_zero_std_are_refused_at_load():
+def test_user_datasets_with_bad_labels_or_zero_std_are_refused_at_load(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tinydata.py").write_text(
+        "import torch\nfrom dd.data import ImageDataset\n"
+        "def make(labels, std=(0.5,)):\n"
+        "    x = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)\n"
+        "    return ImageDataset.from_uint8('tiny', x, labels, x, [0, 1, 0, 1], mean=(0.5,), std=std,\n"
+        "                                   class_names=['a', 'b'])\n"
+        "def good(**kw):\n    return make([0, 1, 0, 1])\n"
+        "def over(**kw):\n    return make([0, 1, 2, 0])\n"
+        "def under(**kw):\n    return make([0, 1, -1, 0])\n"
+        "def flat(**kw):\n    return make([0, 1, 0, 1], std=(0.0,))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_dataset("tinydata:good").num_classes == 2
     with pytest.raises(ValueError, match=r"train labels range over 0..2 but the dataset has 2 classes"):
-        _tiny([0, 1, 2, 0])
+        load_dataset("tinydata:over")
     with pytest.raises(ValueError, match=r"train labels range over -1..1"):
-        _tiny([0, 1, -1, 0])
+        load_dataset("tinydata:under")
     with pytest.raises(ValueError, match=r"per-channel std \(0.0,\) must be finite and > 0"):
-        _tiny([0, 1, 0, 1], std=(0.0,))
-    assert _tiny([0, 1, 0, 1]).num_classes == 2
+        load_dataset("tinydata:flat")
+    err = _fails(["eval", "--dataset", "tinydata:over", "--baseline", "random", "--ipc", "1", "--runs", "1"], capsys)
+    assert "labels range over 0..2" in err
 
 
 def test_config_file_top_level_must_be_an_object(capsys, tmp_path):
@@ -267,3 +275,24 @@ def test_divergence_does_not_name_a_checkpoint_that_is_not_there(tmp_path, digit
                 run={"iterations": 3, "eval_every": 0, "eval_runs": 0, "progress": False}, device="cpu")
     assert "no checkpoint was written" in str(e.value)
     assert not (tmp_path / "o" / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"lr_img": "nan"}, "option 'lr_img' of DMConfig must be a finite number"),
+    ({"lr_img": 0}, "option 'lr_img' of DMConfig must be > 0, got 0"),
+])
+def test_reproduce_spec_options_go_through_the_same_rules(options, message, tmp_path):
+    from dd.reproduce import SpecError, reproduce
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"kind": "paper", "rows": [{"id": "a", "method": "dm", "dataset": "digits", "ipc": 1,
+                                                           "options": options,
+                                                           "paper": {"value": 1.0, "source": "a test"}}]}))
+    with pytest.raises((SpecError, ValueError), match=message):
+        reproduce(spec, out=tmp_path / "out", dry_run=True, log=lambda _: None)
+
+
+def test_enumerated_protocol_options_say_their_choices(capsys, tmp_path):
+    err = _fails(["eval", "--dataset", "digits", "--baseline", "random", "--ipc", "1", "--protocol-option",
+                  "schedule=linear", "--out", tmp_path], capsys)
+    assert "--protocol-option schedule must be one of 'step', 'cosine'; got 'linear'" in err

@@ -127,6 +127,7 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | None = None, zca: bool
         ds.name = name
     else:
         ds = fn(root=root, **kwargs)
+    ds.check_labels()
     if zca:
         from dd.data.zca import apply_zca
 

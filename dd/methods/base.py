@@ -19,7 +19,6 @@ import torch
 
 from dd.data import ImageDataset
 from dd.synset import SyntheticSet
-from dd.validate import rule
 
 
 class DistillationDiverged(RuntimeError):
@@ -31,7 +30,7 @@ class MethodConfig:
     """Options every method shares; subclasses add their own with the paper's defaults."""
 
     model: str = "convnet"  # architecture the method distils with
-    init: str = field(default="real", metadata=rule(choices=("real", "noise")))  # real images per class, or noise
+    init: str = "real"  # 'real' (random real images per class) or 'noise'; some methods add their own
     dsa: bool = True  # differentiable siamese augmentation during distillation
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     zca: bool = False  # whiten the dataset with ZCA (MTT does for CIFAR)
