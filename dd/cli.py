@@ -132,11 +132,12 @@ OUT_IS_FILE = {"show"}
 
 def check_paths(args: argparse.Namespace) -> None:
     """--out of a command that writes a directory must not be an existing file (of `ddtk show`: not a directory), and
-    --data-root must be a directory: refused before any work."""
+    --data-root must be a directory (`reproduce --dry-run` reports a missing one itself): refused before any work."""
     from pathlib import Path
 
     root = getattr(args, "data_root", None)
-    if root is not None and not Path(root).expanduser().is_dir():
+    dry_run = getattr(args, "dry_run", False)
+    if root is not None and not dry_run and not Path(root).expanduser().is_dir():
         raise FileNotFoundError(f"--data-root '{root}' is not a directory; give the directory that holds the datasets")
     out = getattr(args, "out", None)
     if out is not None and args.command not in OUT_IS_FILE and Path(out).exists() and not Path(out).is_dir():

@@ -172,8 +172,8 @@ def cases(w) -> list:
                 out.append((name, action, with_value(base, action, str(w["root"] / "plain")), str(w["root"] / "plain")))
                 continue
             for value in bad_values(kind, action, w, rng):
-                if name == "reproduce" and action.dest == "device":
-                    continue  # reproduce passes --device to the commands it runs; --dry-run runs none
+                if name == "reproduce" and action.dest in ("device", "data_root"):
+                    continue  # --dry-run runs no command (--device) and reports missing data itself (exit 1)
                 out.append((name, action, with_value(base, action, value), value))
     return out
 
