@@ -27,8 +27,8 @@ class DMConfig(MethodConfig):
     """DM paper defaults: SGD on images, lr 1, momentum 0.5, 256 real images per class per iteration."""
 
     lr_img: float = field(default=1.0, metadata=rule(gt=0))
-    momentum: float = 0.5
-    batch_real: int = 256
+    momentum: float = field(default=0.5, metadata=rule(ge=0, lt=1))
+    batch_real: int = field(default=256, metadata=rule(ge=1))
     flip: bool = False  # FYI (Flip Your Images): match the synthetic batch together with its mirror
     norm: Optional[str] = None  # normalization of the random networks (None: the architecture's own; 'batch', ...)
 
