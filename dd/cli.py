@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 
 # subcommand name -> module under dd.commands; adding a command is adding one module and one line here
@@ -49,7 +50,7 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 def add_common(p: argparse.ArgumentParser) -> None:
     """--device, --seed, --out, --data-root and how images are read: the options every job shares."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto (CUDA when present)")
-    p.add_argument("--seed", type=int, default=0, help="seed for every random draw of the job")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed for every random draw of the job")
     p.add_argument("--out", default=None, help="output directory")
     p.add_argument("--data-root", default=None, help="where the dataset's files are (not needed for mnist10k/digits)")
     g = p.add_argument_group("image trees (imagenet, its subsets, tinyimagenet, folder:PATH)")
@@ -61,7 +62,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
                                        "MIB MiB in memory (default 2048; 0: always file-backed)")
     g.add_argument("--skip-bad-images", action="store_true", default=None,
                    help="leave out (with a warning naming each) image files that cannot be decoded, instead of stopping")
-    g.add_argument("--data-workers", dest="workers", type=int, default=None, metavar="N",
+    g.add_argument("--data-workers", dest="workers", type=non_negative_int, default=None, metavar="N",
                    help="processes decoding a file-backed dataset (and threads decoding a tree into memory); "
                         "default: the CPU count, at most 8; 0 decodes in the main process")
 
@@ -73,13 +74,44 @@ def data_options(args: argparse.Namespace) -> dict:
 
 
 def non_negative_float(text: str) -> float:
-    """argparse type of sizes that may be 0 (e.g. --file-backed-above)."""
+    """argparse type of finite sizes and weights that may be 0 (e.g. --file-backed-above, --weight-decay)."""
+    return _float_at_least(text, 0.0, strict=False)
+
+
+def positive_float(text: str) -> float:
+    """argparse type of finite numbers that must be > 0 (learning rates, temperatures): nan, inf, 0, -1 refused."""
+    return _float_at_least(text, 0.0, strict=True)
+
+
+def _float_at_least(text: str, bound: float, strict: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if not math.isfinite(value) or value < bound or (strict and value == bound):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} {bound:g}, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of counts where 0 means 'none' or 'never' (e.g. --eval-every, --data-workers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type of --seed: an integer torch can seed with (0 <= seed < 2**63)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {value}")
     return value
 
 
@@ -94,12 +126,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+# commands whose --out is a file (the others write into a directory)
+OUT_IS_FILE = {"show"}
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """--out of a command that writes a directory must not be an existing file (of `ddtk show`: not a directory), and
+    --data-root must be a directory (`reproduce --dry-run` reports a missing one itself): refused before any work."""
+    from pathlib import Path
+
+    root = getattr(args, "data_root", None)
+    dry_run = getattr(args, "dry_run", False)
+    if root is not None and not dry_run and not Path(root).expanduser().is_dir():
+        raise FileNotFoundError(f"--data-root '{root}' is not a directory; give the directory that holds the datasets")
+    out = getattr(args, "out", None)
+    if out is not None and args.command not in OUT_IS_FILE and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out '{out}' is a file; give a directory (new or existing)")
+    if out is not None and args.command in OUT_IS_FILE and Path(out).is_dir():
+        raise ValueError(f"--out '{out}' is a directory; give the path of the file to write")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_paths(args)
         return int(args._run(args) or 0)
-    except (FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"ddtk {args.command}: error: {msg}", file=sys.stderr)
         return 2

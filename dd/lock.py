@@ -284,6 +284,9 @@ def output_lock(directory: str | os.PathLike, group=None, command: Optional[str]
     if lock is not None:
         try:
             lock.acquire()
+            from dd.utils import remove_stale_temps
+
+            remove_stale_temps(directory)  # a killed writer's temporary files (held: nobody else writes now)
         except Exception as e:  # every failure must reach the other ranks, not just a refusal
             error = e
     if group is not None and group.world > 1:

@@ -65,3 +65,16 @@ def import_callable(spec: str, kind: str, expected: str) -> Callable:
     if not callable(fn):
         raise KeyError(f"{kind} '{spec}' is a {type(fn).__name__}, not a callable; {expected}")
     return fn
+
+
+def call_user(fn: Callable, spec: str, kind: str, role: str, *args, **kwargs):
+    """Calls a user's `package.module:callable`; what it raises becomes a ValueError naming the spec and the role it
+    was loaded for, then the user's own error (a missing-data error passes through: it already names the path)."""
+    from dd.data.errors import DatasetNotFoundError
+
+    try:
+        return fn(*args, **kwargs)
+    except DatasetNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: any error is reported with its origin
+        raise ValueError(f"user {kind} '{spec}' ({role}) raised {type(e).__name__}: {e}") from e

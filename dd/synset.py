@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from dd.utils import atomic_write_bytes, read_safetensors, to_jsonable, versions
+from dd.utils import atomic_write_bytes, read_safetensors, safetensors_bytes, to_jsonable, versions
 from dd.data.base import base_name
 
 FORMAT = "dd.synset/1"
@@ -104,8 +104,6 @@ class SyntheticSet:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes `path` (.safetensors) atomically: tensors + JSON metadata + per-tensor sha256."""
-        from safetensors.torch import save
-
         path = Path(path)
         if path.suffix != ".safetensors":
             path = path.with_suffix(path.suffix + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
@@ -116,7 +114,7 @@ class SyntheticSet:
             "meta": json.dumps(to_jsonable(self.meta), sort_keys=True),
             "sha256": json.dumps({k: _digest(v) for k, v in tensors.items()}, sort_keys=True),
         }
-        atomic_write_bytes(path, save(tensors, metadata=header))
+        atomic_write_bytes(path, safetensors_bytes(tensors, metadata=header))
         return path
 
     @classmethod

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,7 +23,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from dd.registry import import_callable
+from dd.registry import call_user, import_callable
 from dd.utils import read_safetensors, sha256_bytes, sha256_file
 from dd.data.base import base_name
 
@@ -75,20 +76,38 @@ class TeacherSource:
         return self._module.to(device)
 
 
+SPEC_GRAMMAR = ("DIR or DIR@E (a `ddtk buffer` directory, expert number E >= 0, default 0), a checkpoint file "
+                f"({', '.join(CHECKPOINT_SUFFIXES)}), or package.module:callable")
+
+
+def split_spec(spec) -> tuple[str, Optional[int]]:
+    """'DIR@E' -> ('DIR', E), anything else -> (spec, None): the one parser of the expert suffix (teachers, reproduce
+    recipes, cache paths). An existing path is taken whole, so a directory whose name holds '@' still works."""
+    spec = str(spec)
+    if "@" not in spec or Path(spec).exists():
+        return spec, None
+    base, _, expert = spec.rpartition("@")
+    if not base or not re.fullmatch(r"[0-9]+", expert):
+        raise ValueError(f"teacher '{spec}': '@{expert}' is not an expert number; a teacher spec is {SPEC_GRAMMAR}")
+    return base, int(expert)
+
+
 def open_teacher(spec: str, teacher_model: Optional[str] = None) -> TeacherSource:
     """Parses and hashes a teacher spec (see the module docstring); errors name the spec and the fix."""
     spec = str(spec)
-    path, _, expert = spec.rpartition("@") if "@" in spec else (spec, "", "")
-    if path and Path(path).is_dir():
-        return _from_buffer(spec, Path(path), int(expert) if expert else 0)
-    if Path(spec).is_dir():
-        return _from_buffer(spec, Path(spec), 0)
+    path, expert = split_spec(spec)
+    if Path(path).is_dir():
+        return _from_buffer(spec, Path(path), expert or 0)
+    if expert is not None:
+        raise FileNotFoundError(f"teacher '{spec}': '{path}' is not a `ddtk buffer` directory; a teacher spec is "
+                                f"{SPEC_GRAMMAR}")
     if Path(spec).is_file():
         return _from_file(spec, Path(spec), teacher_model)
-    if ":" in spec and not spec.endswith(CHECKPOINT_SUFFIXES):
+    if ":" in spec and not spec.endswith(CHECKPOINT_SUFFIXES) and not Path(spec).exists():
         return _from_callable(spec)
-    raise FileNotFoundError(f"teacher '{spec}' is neither a buffer directory (DIR or DIR@E), a checkpoint file, nor "
-                            "'package.module:callable'; train one with `ddtk buffer --experts 1 --out DIR`")
+    what = "is not a regular file or directory" if Path(spec).exists() else "does not exist"
+    raise FileNotFoundError(f"teacher '{spec}' is neither a buffer directory, a checkpoint file nor a callable (it "
+                            f"{what}); a teacher spec is {SPEC_GRAMMAR}; train one with `ddtk buffer --experts 1 --out DIR`")
 
 
 def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
@@ -100,7 +119,19 @@ def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
     if len(models) != len(specs):
         raise ValueError(f"--teacher-model was given {len(models)} times for {len(specs)} teachers: give it once (for "
                          "every checkpoint file) or once per --teacher, in the same order")
-    return [open_teacher(s, m) for s, m in zip(specs, models)]
+    for m in models:
+        if m is not None:
+            from dd.models import check_model
+
+            check_model(m, "--teacher-model")
+    sources = [open_teacher(s, m) for s, m in zip(specs, models)]
+    seen: dict = {}
+    for src in sources:
+        if src.sha256 in seen:
+            raise ValueError(f"--teacher '{src.spec}' is the same teacher as --teacher '{seen[src.sha256]}' (sha256 "
+                             f"{src.sha256[:12]}...): each teacher would vote twice; pass each teacher once")
+        seen[src.sha256] = src.spec
+    return sources
 
 
 def _from_buffer(spec: str, path: Path, expert: int) -> TeacherSource:
@@ -178,7 +209,7 @@ def _state_dict_of(obj, spec: str) -> tuple[dict, dict]:
 
 def _from_callable(spec: str) -> TeacherSource:
     fn = import_callable(spec, "teacher", "expected 'package.module:callable' returning an nn.Module")
-    model = fn()
+    model = call_user(fn, spec, "teacher", "called to build the teacher")
     if not isinstance(model, nn.Module):
         raise ValueError(f"teacher '{spec}' returned a {type(model).__name__}, not an nn.Module")
     h = hashlib.sha256()
@@ -206,7 +237,12 @@ def teacher_from_records(records: list[dict], dataset, device="cpu", weights: Op
     """Re-opens the teachers a set's metadata names, checks each hash, and returns one module (a Committee if several)."""
     members = []
     for rec in records:
-        src = open_teacher(rec["spec"], rec.get("arch") if rec.get("kind") == "file" else None)
+        try:
+            src = open_teacher(rec["spec"], rec.get("arch") if rec.get("kind") == "file" else None)
+        except (FileNotFoundError, KeyError) as e:
+            raise FileNotFoundError(f"the set's recorded teacher '{rec['spec']}' cannot be opened "
+                                    f"({e.args[0] if e.args else e}); pass the teacher with --teacher SPEC, or labels "
+                                    "stored by `ddtk relabel` with --labels DIR") from e
         if rec.get("sha256") and src.sha256 != rec["sha256"]:
             raise ValueError(f"teacher '{rec['spec']}' has changed since the set was made (sha256 {src.sha256[:12]}... "
                              f"vs recorded {rec['sha256'][:12]}...); pass the original teacher with --teacher")

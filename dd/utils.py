@@ -21,7 +21,10 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """'auto' (or None) picks CUDA when present, else CPU; anything else is passed to torch.device."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"--device {device!r} is not a device ({e}); use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device '{device}' was requested but CUDA is not available; use --device cpu")
     return dev
@@ -73,10 +76,40 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+TEMP_GLOB = ".*.tmp"  # what atomic_write_bytes names its temporary files: .NAME.RANDOM.tmp beside NAME
+
+
+def remove_stale_temps(directory: str | os.PathLike, subdirs: tuple[str, ...] = ()) -> list[Path]:
+    """Deletes the temporary files a killed writer left in `directory` (and the named subdirectories); call it only
+    while holding the directory's lock (dd.lock), when no other writer can be mid-write. Returns what it removed."""
+    removed = []
+    for d in (Path(directory), *(Path(directory) / s for s in subdirs)):
+        for p in sorted(d.glob(TEMP_GLOB)) if d.is_dir() else []:
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def safetensors_bytes(tensors: dict, metadata: dict | None = None) -> bytes:
+    """safetensors.torch.save's bytes with the header's metadata in sorted key order: the library writes that map in
+    a per-process random order, so two identical runs would otherwise write files with different sha256."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {**({"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}), **header}
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the format's 8-byte alignment of the data that follows
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -122,6 +155,8 @@ def parse_assignments(items: list[str], option: str) -> dict[str, str]:
         if "=" not in item:
             raise ValueError(f"{option} expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
+        if not k.strip():
+            raise ValueError(f"{option} expects KEY=VALUE with a non-empty KEY, got {item!r}")
         out[k.strip()] = v.strip()
     return out
 

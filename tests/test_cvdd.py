@@ -102,10 +102,10 @@ def test_voter_selection():
 def committee(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("committee") / "bn"
-    cfg = BufferConfig(dataset="digits", model="convnet-bn", model_options={"width": 8, "depth": 2}, experts=2, epochs=6,
+    cfg = BufferConfig(dataset="digits", model="convnet-bn", model_options={"width": 8, "depth": 2}, experts=3, epochs=6,
                        lr=0.05, batch_size=128)
     record_buffer(cfg, root, device="cpu", progress=False, log=lambda s: None)
-    return [str(root), f"{root}@1"]  # two members (experts 0 and 1 of one buffer)
+    return [str(root), f"{root}@1"]  # two members (experts 0 and 1 of one buffer; expert 2 is a third, distinct one)
 
 
 def test_cvdd_records_members_priors_and_weights_and_caches_priors(committee, tmp_path, capsys):
@@ -159,7 +159,7 @@ def test_distilled_priors_are_scored_the_way_the_committee_set_is(committee, tmp
 
 def test_medium_init_and_recovery_with_voters(committee):
     m = build_method("cvdd", "digits", 2, {"batch_classes": 10, "prior": "teacher", "voters": 2, "selection": "cycle"},
-                     teachers=committee + [committee[0]], seed=1)
+                     teachers=committee + [f"{committee[0]}@2"], seed=1)
     assert m.current_set().meta["init"] == "medium"
     real = load_dataset("digits").train_images
     first = m.current_set().images[0]

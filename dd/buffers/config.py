@@ -44,6 +44,9 @@ class BufferConfig:
     storage_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        from dd.validate import check_dataclass
+
+        check_dataclass(self)  # numbers finite (e.g. --lr nan), however the config was built
         if self.expert_kind not in EXPERT_KINDS:
             raise ValueError(f"unknown expert kind '{self.expert_kind}'; choose one of {', '.join(EXPERT_KINDS)}")
         if self.storage_dtype not in STORAGE_DTYPES:

@@ -19,8 +19,8 @@ from dd.buffers.store import FORMAT, MANIFEST, buffer_key, param_key, shard_name
 from dd.data import ImageDataset, base_name, load_dataset
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
-from dd.utils import (atomic_write_bytes, atomic_write_json, dict_diff, resolve_device, safetensors_header, sha256_file,
-                      sha256_json, to_jsonable, versions)
+from dd.utils import (atomic_write_bytes, atomic_write_json, dict_diff, resolve_device, safetensors_bytes,
+                      safetensors_header, sha256_file, sha256_json, to_jsonable, versions)
 
 SHARD_FORMAT = "dd-trajectory-shard/1"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -96,12 +96,10 @@ def train_expert(cfg: BufferConfig, ds: ImageDataset, k: int, device, progress: 
 
 def write_shard(path: Path, tensors: dict[str, torch.Tensor], cfg: BufferConfig, k: int, acc: float) -> None:
     """Atomically writes one expert's shard; the header carries nothing time-dependent (re-runs are byte-identical)."""
-    from safetensors.torch import save
-
     meta = {"format": SHARD_FORMAT, "expert": str(k), "seed": str(cfg.expert_seed(k)), "epochs": str(cfg.epochs),
             "config_sha256": config_sha256(cfg), "final_test_accuracy": repr(float(acc))}
     # one metadata key: safetensors keeps metadata in a hash map whose order changes from process to process
-    atomic_write_bytes(path, save(tensors, metadata={"dd": json.dumps(meta, sort_keys=True)}))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"dd": json.dumps(meta, sort_keys=True)}))
 
 
 def read_shard_header(path: Path) -> Optional[dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def add_parser(sub, name):
-    from dd.cli import add_common, positive_int
+    from dd.cli import add_common, non_negative_int, positive_int
 
     p = sub.add_parser(name, help="distil a dataset into IPC images per class with a method")
     p.add_argument("--method", default=None, help="method name (see `ddtk methods`; default dm)")
@@ -16,15 +16,16 @@ def add_parser(sub, name):
     p.add_argument("--ipc", type=positive_int, default=None, help="images per class (default 10)")
     p.add_argument("--buffer", default=None, help="expert-trajectory buffer directory (trajectory matching)")
     add_teacher_options(p)
-    p.add_argument("--iterations", type=int, default=None, help="outer iterations (default 1000)")
+    p.add_argument("--iterations", type=positive_int, default=None, help="outer iterations (default 1000)")
     p.add_argument("--config", default=None, help="JSON file of method options and run options ('run': {...})")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method option, e.g. --set lr_img=100 (repeatable)")
     p.add_argument("--model", default=None, help="architecture to distil with (method option 'model')")
     p.add_argument("--eval-models", default=None, help="comma-separated architectures for the final report")
-    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation run (default 1000)")
-    p.add_argument("--eval-runs", type=int, default=None, help="fresh networks per final evaluation row (default 5)")
-    p.add_argument("--eval-every", type=int, default=None, help="validate every N iterations (0: never)")
+    p.add_argument("--eval-epochs", type=positive_int, default=None, help="epochs per evaluation run (default 1000)")
+    p.add_argument("--eval-runs", type=non_negative_int, default=None,
+                   help="fresh networks per final evaluation row (default 5; 0: no report)")
+    p.add_argument("--eval-every", type=non_negative_int, default=None, help="validate every N iterations (0: never)")
     p.add_argument("--no-full-baseline", action="store_true", help="skip the full-data baseline row")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (optional extra; WANDB_MODE=offline works)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
@@ -41,6 +42,12 @@ def add_teacher_options(p) -> None:
                    help="architecture of checkpoint teachers that do not name it: once for all, or once per --teacher")
 
 
+def check_teacher_model(teachers, teacher_model) -> None:
+    """--teacher-model without --teacher would be ignored: refused (distill, eval and relabel share the options)."""
+    if teacher_model and not teachers:
+        raise ValueError("--teacher-model names the architecture of --teacher checkpoint files: give --teacher too")
+
+
 # run options that have a flag of their own; the others are set in a --config file's "run" section
 RUN_FLAGS = {"iterations": "--iterations", "eval_epochs": "--eval-epochs", "eval_runs": "--eval-runs",
              "eval_every": "--eval-every", "eval_models": "--eval-models"}
@@ -55,6 +62,9 @@ def check_set_keys(method: str, sets: dict) -> None:
     method_keys = {f.name for f in fields(method_class(method).Config)}
     run_keys = {f.name for f in fields(RunConfig)}
     for key, value in sets.items():
+        if key not in run_keys and key not in method_keys:
+            raise ValueError(f"--set {key}={value}: method '{method}' has no option '{key}'; known: "
+                             f"{', '.join(sorted(method_keys))}")
         if key in run_keys and key not in method_keys:
             where = (f"use {RUN_FLAGS[key]} {value}" if key in RUN_FLAGS
                      else f'put it in a --config file\'s "run" section, e.g. {{"run": {{"{key}": {value}}}}}')
@@ -69,6 +79,24 @@ def safe_name(dataset: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", dataset)
 
 
+def read_config(path: str) -> dict:
+    """A --config file's content: a JSON object (method options, "run": {...}); anything else is refused, naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config '{path}' {'is a directory' if p.is_dir() else 'does not exist'}; give a JSON "
+                                "file of method options")
+    try:
+        loaded = json.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"--config '{path}' is not valid JSON ({e})") from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config '{path}' holds a JSON {type(loaded).__name__}; its top level must be an object of "
+                         'method options, e.g. {"lr_img": 100, "run": {"iterations": 500}}')
+    if not isinstance(loaded.get("run", {}), dict):
+        raise ValueError(f"--config '{path}': \"run\" must be an object of run options, e.g. {{\"iterations\": 500}}")
+    return loaded
+
+
 def distill_arguments(args, config_data: dict | None = None) -> dict:
     """The keyword arguments of `dd.methods.distill` that parsed `ddtk distill` options mean: command line >
     --config file > defaults. `config_data` stands in for the --config file's content when the caller already holds
@@ -80,7 +108,7 @@ def distill_arguments(args, config_data: dict | None = None) -> dict:
     cfg: dict = {}
     run_cfg: dict = {}
     if args.config:
-        loaded = dict(config_data) if config_data is not None else json.loads(Path(args.config).read_text())
+        loaded = dict(config_data) if config_data is not None else read_config(args.config)
         run_cfg.update(loaded.pop("run", {}))
         loaded.pop("notes", None)  # the config's sources and commands, for people
         for k in ("method", "dataset", "ipc", "buffer", "teachers", "teacher_model"):  # the command line wins over the file
@@ -94,14 +122,17 @@ def distill_arguments(args, config_data: dict | None = None) -> dict:
     sets = parse_assignments(args.sets, "--set")
     check_set_keys(args.method, sets)
     cfg.update(sets)
-    if args.model:
+    if args.model is not None:
         cfg["model"] = args.model
     for key, val in (("iterations", args.iterations), ("eval_epochs", args.eval_epochs), ("eval_runs", args.eval_runs),
                      ("eval_every", args.eval_every)):
         if val is not None:
             run_cfg[key] = val
-    if args.eval_models:
-        run_cfg["eval_models"] = tuple(a.strip() for a in args.eval_models.split(","))
+    if args.eval_models is not None:
+        from dd.commands.eval import parse_models
+
+        run_cfg["eval_models"] = tuple(parse_models(args.eval_models, "--eval-models"))
+    check_teacher_model(args.teachers, args.teacher_model)
     if args.no_full_baseline:
         run_cfg["baselines"] = ("random",)
     run_cfg["wandb"] = args.wandb or run_cfg.get("wandb", False)

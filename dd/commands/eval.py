@@ -17,8 +17,8 @@ def add_parser(sub, name):
     p.add_argument("--ipc", type=positive_int, default=None, help="images per class for --baseline random")
     p.add_argument("--model", "--models", dest="models", default="convnet",
                    help="architecture(s), comma-separated, e.g. convnet-w32,mlp,lenet")
-    p.add_argument("--full-epochs", type=int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")
-    p.add_argument("--runs", type=int, default=5, help="fresh networks per row")
+    p.add_argument("--full-epochs", type=positive_int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")
+    p.add_argument("--runs", type=positive_int, default=5, help="fresh networks per row")
     p.add_argument("--no-baselines", action="store_true", help="with a set: do not add the random/full rows")
     p.add_argument("--zca", action="store_true",
                    help="ZCA-whiten the dataset (baselines, and sets that do not record it, e.g. an imported .pt)")
@@ -41,14 +41,17 @@ def add_parser(sub, name):
 
 def add_protocol_options(p) -> None:
     """The evaluation protocol and its options (shared by eval and relabel)."""
+    from dd.cli import positive_float, positive_int
+
     p.add_argument("--protocol", default=None,
-                   help="hard (DC/MTT), soft (label distributions) or teacher (KD from --teacher); default: the one the "
-                        "set records, else hard")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (protocol default: hard 1000, teacher 300)")
-    p.add_argument("--lr", type=float, default=None, help="override the protocol lr (and ignore a learned lr)")
-    p.add_argument("--batch-size", type=int, default=None, help="training batch size")
+                   help="hard (DC/MTT), soft (label distributions), teacher (KD from --teacher) or a user's "
+                        "package.module:callable returning a dd.eval.rules.ProtocolRule; default: the one the set "
+                        "records, else hard")
+    p.add_argument("--epochs", type=positive_int, default=None, help="training epochs (protocol default: hard 1000, teacher 300)")
+    p.add_argument("--lr", type=positive_float, default=None, help="override the protocol lr (and ignore a learned lr)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="training batch size")
     p.add_argument("--optimizer", choices=["sgd", "adamw"], default=None)
-    p.add_argument("--temperature", type=float, default=None, help="teacher protocol: softmax temperature T")
+    p.add_argument("--temperature", type=positive_float, default=None, help="teacher protocol: softmax temperature T")
     p.add_argument("--teacher-bn", choices=["eval", "train"], default=None,
                    help="teacher protocol: BN with running statistics (eval) or each batch's own (train)")
     p.add_argument("--mix", choices=["none", "cutmix", "mixup"], default=None, help="teacher protocol: batch mixing")
@@ -68,9 +71,14 @@ def parse_lr_list(text: str) -> list[float]:
     return values
 
 
-def parse_models(text: str) -> list[str]:
-    """--models 'a, b,c' -> ['a', 'b', 'c']."""
-    return [a.strip() for a in text.split(",") if a.strip()]
+def parse_models(text: str, option: str = "--models") -> list[str]:
+    """--models 'a, b,c' -> ['a', 'b', 'c'], each a known model (checked before any data is read)."""
+    from dd.models import check_model
+
+    names = [a.strip() for a in text.split(",") if a.strip()]
+    if not names:
+        raise ValueError(f"{option} expects comma-separated model names (see `ddtk models`), got {text!r}")
+    return [check_model(n, option) for n in names]
 
 
 def report_baselines(args) -> list[str]:
@@ -85,7 +93,9 @@ def protocol_from_args(args, recorded: dict | None = None):
 
     return resolve_protocol(args.protocol, recorded, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                             optimizer=args.optimizer, temperature=args.temperature, teacher_bn=args.teacher_bn,
-                            mix=args.mix, options=parse_assignments(args.protocol_options, "--protocol-option"))
+                            mix=args.mix, options=parse_assignments(args.protocol_options, "--protocol-option"),
+                            names={k: "--" + k.replace("_", "-") for k in ("epochs", "lr", "batch_size", "optimizer",
+                                                                            "temperature", "teacher_bn", "mix")})
 
 
 def run(args) -> int:
@@ -104,8 +114,14 @@ def run(args) -> int:
 def _run(args, group) -> int:
     from dd.cli import data_options
     from dd.eval.run import evaluate_set
+    from dd.eval.scores import check_weight
     from dd.synset import SyntheticSet
 
+    from dd.commands.distill import check_teacher_model
+
+    check_teacher_model(args.teachers, args.teacher_model)
+    check_weight(args.lrs_weight, "--lrs-weight")  # before any training (and with or without --scores)
+    check_weight(args.ars_weight, "--ars-weight")
     lr_search = parse_lr_list(args.lr_search) if args.lr_search is not None else None
     if lr_search and args.lr is not None:
         raise ValueError("--lr fixes the lr and --lr-search chooses it: give one (the full-data baseline's lr can be "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def add_parser(sub, name):
-    from dd.cli import add_common
+    from dd.cli import add_common, positive_int
     from dd.commands.distill import add_teacher_options
     from dd.commands.eval import add_protocol_options
 
@@ -12,7 +12,7 @@ def add_parser(sub, name):
                                    "teacher's top-k logits in float16; `ddtk eval SET --labels DIR` trains on them without "
                                    "the teacher. Rerun the same command to resume.")
     p.add_argument("synset", help="a .safetensors synthetic set")
-    p.add_argument("--topk", type=int, default=10, help="logits kept per view (the rest get probability 0)")
+    p.add_argument("--topk", type=positive_int, default=10, help="logits kept per view (the rest get probability 0)")
     add_protocol_options(p)
     add_teacher_options(p)
     add_common(p)
@@ -30,6 +30,10 @@ def run(args) -> int:
     from dd.teachers import open_teachers
     from dd.utils import resolve_device
 
+    from dd.commands.distill import check_teacher_model
+
+    device = resolve_device(args.device)
+    check_teacher_model(args.teachers, args.teacher_model)
     if not args.out:
         raise ValueError("ddtk relabel needs --out DIR (the label directory)")
     if args.epochs is None:
@@ -37,10 +41,10 @@ def run(args) -> int:
     synset = SyntheticSet.load(args.synset)
     protocol = protocol_from_args(args, (synset.meta.get("evaluation") or {}).get("protocol") or "teacher")
     if protocol.labels != "teacher":
-        raise ValueError("stored labels are teacher labels: use the teacher protocol")
+        raise ValueError(f"the set is scored under the '{protocol.name}' protocol but stored labels are teacher labels: "
+                         "pass --protocol teacher (with --teacher SPEC if the set records no teacher)")
     dataset = load_dataset(synset.meta["dataset"], root=args.data_root, zca=bool(synset.meta.get("zca")),
                            **options_for_set(synset.meta["dataset"], synset.meta, data_options(args)))
-    device = resolve_device(args.device)
     teacher = teacher_for(args.teachers, args.teacher_model, synset, dataset, device)
     if teacher is None:
         raise ValueError("pass --teacher SPEC (the set records no teacher)")

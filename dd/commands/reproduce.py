@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub, name):
+    from dd.cli import positive_int
+
     p = sub.add_parser(name, help="rebuild a table of results from a spec (experiments/tables/*.json)",
                        description="Runs `ddtk buffer`, `ddtk distill` and `ddtk eval` for every row of SPEC, reusing "
                                    "artifacts that match and resuming interrupted ones, and writes OUT/table.md and "
@@ -21,7 +23,7 @@ def add_parser(sub, name):
                         "1 evaluation epoch x 1 run): checks the whole pipeline, not the numbers")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... or auto, for every command it runs")
     p.add_argument("--data-root", default=None, help="where the datasets' files are (default: the spec's, else .)")
-    p.add_argument("--jobs", type=int, default=1, metavar="N",
+    p.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="run N buffers or rows at once, each in its own process (on a CPU each gets cores / N torch "
                         "threads; on one GPU they share it); rows start in spec order as their buffers are ready")
     return p
@@ -31,7 +33,9 @@ def run(args) -> int:
     from dd.lock import command_line
     from dd.reproduce import reproduce
 
-    rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows is not None else None
+    if rows == []:
+        raise ValueError(f"--rows expects comma-separated row ids, got {args.rows!r}")
     return reproduce(args.spec, rows=rows, out=args.out, dry_run=args.dry_run, smoke=args.smoke, device=args.device,
                      data_root=args.data_root, command=command_line(),
                      jobs=args.jobs)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 
 def add_parser(sub, name):
+    from dd.cli import positive_int
+
     p = sub.add_parser(name, help="write a PNG grid of a synthetic set and print its summary")
     p.add_argument("synset", help="a .safetensors synthetic set (or an MTT images_best.pt)")
     p.add_argument("--out", default=None, help="PNG path (default: beside the set, .png)")
-    p.add_argument("--per-class", type=int, default=10, help="images per class in the grid")
+    p.add_argument("--per-class", type=positive_int, default=10, help="images per class in the grid")
     return p
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 from dd.data.base import (BadImageError, DatasetNotFoundError, ImageDataset, RealImages, base_name,
                           stratified_split)
 from dd.data.registry import DATASETS, DatasetEntry, data_root, register_dataset
-from dd.registry import import_callable
+from dd.registry import call_user, import_callable
 from dd.data.sources import FileImages, ImageSource, TensorImages, Uint8Images
 from dd.data import embedded as _embedded  # noqa: F401  (registers mnist10k, digits)
 from dd.data import folders as _folders  # noqa: F401  (tinyimagenet, imagenet and MTT's subsets)
@@ -94,7 +94,8 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | None = None, zca: bool
                              "image-folder datasets (imagenet, its subsets, tinyimagenet's storage options, folder:PATH)")
         raise ValueError(f"dataset '{name}' takes no option {key!r}; it takes: {', '.join(sorted(entry.options)) or 'none'}")
     if is_user:
-        ds = entry.loader(**({"root": root} if root is not None and entry.takes_root else {}), **kwargs)
+        ds = call_user(entry.loader, name, "dataset", "the dataset loader",
+                       **({"root": root} if root is not None and entry.takes_root else {}), **kwargs)
         if not isinstance(ds, ImageDataset):
             raise ValueError(f"user dataset '{name}' returned a {type(ds).__name__}, expected a dd.data.ImageDataset "
                              "(build one with ImageDataset.from_uint8(...) or ImageDataset(...))")
@@ -102,6 +103,7 @@ def load_dataset(name: str = DEFAULT_DATASET, root: str | None = None, zca: bool
         ds.name = name
     else:
         ds = entry.loader(root=root, **kwargs)
+    ds.check_labels()
     if zca:
         from dd.data.zca import apply_zca
 

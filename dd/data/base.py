@@ -1,6 +1,7 @@
 """The image dataset every method and the harness work on: metadata plus a train and a test `ImageSource`."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -46,6 +47,20 @@ class ImageDataset:
                 raise ValueError(f"{self.name}: {split} images must be (N, {self.channels}, H, W), got {shape}")
             if len(src) != len(y):
                 raise ValueError(f"{self.name}: {len(src)} {split} images but {len(y)} labels")
+        std = [float(v) for v in (self.std if isinstance(self.std, (tuple, list)) else [self.std])]
+        if not all(math.isfinite(v) and v > 0 for v in std):
+            raise ValueError(f"{self.name}: per-channel std {tuple(std)} must be finite and > 0 (images are divided by "
+                             "it); a channel with std 0 is constant: compute std over the training images")
+
+    def check_labels(self) -> None:
+        """Refuses labels outside 0..num_classes-1 (load_dataset runs it on every dataset it loads, so a user's
+        loader is refused at load time, not with an IndexError once training has started)."""
+        for split in ("train", "test"):
+            y = getattr(self, f"{split}_labels")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise ValueError(f"{self.name}: {split} labels range over {int(y.min())}..{int(y.max())} but the dataset "
+                                 f"has {self.num_classes} classes (labels must be 0..{self.num_classes - 1}); fix the "
+                                 "labels or the class count (class_names)")
 
     def __repr__(self) -> str:
         return (f"ImageDataset({self.name!r}, {self.num_classes} classes, {self.channels}x{self.image_size[0]}x"

@@ -432,6 +432,9 @@ def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol:
 
     start = time.perf_counter()
     protocol = get_protocol(protocol)
+    for option, value in (("--runs", runs), ("full_runs", full_runs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{option} must be a positive integer (fresh networks per row), got {value!r}")
     if dataset is None:
         if synset is None:
             raise ValueError("pass a synthetic set or a dataset")

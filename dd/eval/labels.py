@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from dd.eval.protocol import Protocol
 from dd.eval.views import EpochViews, apply_views, draw_views, epoch_generator
 from dd.lock import output_lock
-from dd.utils import atomic_write_bytes, atomic_write_json, sha256_file, to_jsonable, versions
+from dd.utils import (atomic_write_bytes, atomic_write_json, safetensors_bytes, sha256_bytes, sha256_file, to_jsonable,
+                      versions)
 
 FORMAT = "dd.labels/1"
 MANIFEST = "manifest.json"
@@ -57,6 +58,8 @@ def relabel(images: torch.Tensor, teacher: torch.nn.Module, protocol: Protocol, 
     """
     if epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
+    if isinstance(topk, bool) or int(topk) < 1:
+        raise ValueError(f"--topk must be >= 1 (logits kept per view), got {topk}")
     if not protocol.crop:
         raise ValueError("stored labels replay crop views: use the teacher protocol (crop=True)")
     with output_lock(out):
@@ -103,9 +106,7 @@ def _write_labels(images: torch.Tensor, teacher: torch.nn.Module, protocol: Prot
                 indices.append(i.to(torch.int16).cpu())
         tensors = {**views.tensors(), "values": torch.cat(values), "indices": torch.cat(indices)}
         name = f"epoch_{e:04d}.safetensors"
-        from safetensors.torch import save
-
-        atomic_write_bytes(out / name, save({kk: v.contiguous() for kk, v in tensors.items()},
+        atomic_write_bytes(out / name, safetensors_bytes({kk: v.contiguous() for kk, v in tensors.items()},
                                             metadata={"format": FORMAT, "epoch": str(e)}))
         manifest["files"].append({"epoch": e, "file": name, "sha256": sha256_file(out / name),
                                   "bytes": (out / name).stat().st_size})
@@ -120,9 +121,12 @@ def _read_manifest(path: Path) -> dict:
     mpath = path / MANIFEST
     if not mpath.exists():
         raise FileNotFoundError(f"'{path}' has no {MANIFEST}: not a label directory; write one with `ddtk relabel`")
-    m = json.loads(mpath.read_text())
-    if m.get("format") != FORMAT:
-        raise ValueError(f"'{mpath}' has format {m.get('format')!r}, expected {FORMAT!r}")
+    try:
+        m = json.loads(mpath.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"'{mpath}' is not valid JSON ({e}); rerun `ddtk relabel` into a new --out") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ValueError(f"'{mpath}' has format {m.get('format') if isinstance(m, dict) else m!r}, expected {FORMAT!r}")
     return m
 
 
@@ -136,6 +140,15 @@ class StoredLabels:
             raise ValueError(f"labels in '{self.path}' are incomplete; rerun the same `ddtk relabel` command to finish them")
         self.files = {f["epoch"]: f for f in self.manifest["files"]}
         self.epochs = int(self.manifest["epochs"])
+        for e in range(self.epochs):  # every epoch file present and intact now, not found bad at that epoch
+            entry = self.files.get(e)
+            path = self.path / entry["file"] if entry else self.path / f"epoch_{e:04d}.safetensors"
+            if entry is None or not path.is_file():
+                raise FileNotFoundError(f"stored labels '{path}' (epoch {e}) are missing; rerun the same `ddtk relabel` "
+                                        "command to write them again")
+            if path.stat().st_size != int(entry["bytes"]) or sha256_file(path) != entry["sha256"]:
+                raise ValueError(f"stored labels '{path}' do not match the sha256 in {self.path / MANIFEST}: the file "
+                                 "is damaged; delete it and rerun the same `ddtk relabel` command to write it again")
 
     @property
     def nbytes(self) -> int:
@@ -153,10 +166,18 @@ class StoredLabels:
 
     def epoch(self, images: torch.Tensor, epoch: int) -> "LabeledViews":
         """Training epoch `epoch` replays stored epoch epoch % E (E = stored epochs, as FKD does)."""
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
         entry = self.files[epoch % self.epochs]
-        t = load_file(str(self.path / entry["file"]))
+        path = self.path / entry["file"]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise FileNotFoundError(f"stored labels '{path}' cannot be read ({e}); rerun the same `ddtk relabel`") from e
+        if sha256_bytes(data) != entry["sha256"]:
+            raise ValueError(f"stored labels '{path}' do not match the sha256 in {self.path / MANIFEST}: the file is "
+                             "damaged; delete it and rerun the same `ddtk relabel` command to write it again")
+        t = load(data)
         views = EpochViews.from_tensors(t, self.manifest["views"]["batch_size"], self.manifest["views"]["mix"])
         return LabeledViews(images, views, t["values"], t["indices"], int(self.manifest["num_classes"]))
 

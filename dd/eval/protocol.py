@@ -5,11 +5,12 @@ Each registered protocol (dd.eval.rules: hard, soft, teacher, stored labels) own
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from dd.augment.dsa import DEFAULT_STRATEGY
 from dd.registry import Registry, import_callable
+from dd.validate import check_dataclass, rule
 
 if TYPE_CHECKING:  # pragma: no cover
     from dd.eval.rules import ProtocolRule
@@ -35,47 +36,46 @@ class Protocol:
     """
 
     name: str = "hard"
-    epochs: int = 1000
-    lr: float = 0.01
+    epochs: int = field(default=1000, metadata=rule(ge=1))
+    lr: float = field(default=0.01, metadata=rule(gt=0))
     use_learned_lr: bool = True  # a set's learned lr (MTT) replaces `lr`
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    optimizer: str = "sgd"  # 'sgd' or 'adamw'
-    schedule: str = "step"  # 'step': lr x lr_decay at lr_decay_at of the epochs; 'cosine': per-epoch cosine to 0
-    cosine_eta: float = 1.0  # cosine over eta x epochs (CV-DD's gentler schedule: 2, ending at half the lr)
-    lr_decay_at: float = 0.5
-    lr_decay: float = 0.1
+    momentum: float = field(default=0.9, metadata=rule(ge=0))  # SGD only
+    weight_decay: float = field(default=5e-4, metadata=rule(ge=0))
+    batch_size: int = field(default=256, metadata=rule(ge=1))
+    optimizer: str = field(default="sgd", metadata=rule(choices=OPTIMIZERS))  # 'sgd' or 'adamw'
+    # 'step': lr x lr_decay at lr_decay_at of the epochs; 'cosine': per-epoch cosine to 0
+    schedule: str = field(default="step", metadata=rule(choices=SCHEDULES))
+    # cosine over eta x epochs (CV-DD's gentler schedule: 2, ending at half the lr)
+    cosine_eta: float = field(default=1.0, metadata=rule(ge=1))
+    lr_decay_at: float = field(default=0.5, metadata=rule(ge=0, le=1))
+    lr_decay: float = field(default=0.1, metadata=rule(gt=0))
     dsa: bool = True  # per-sample DSA on every batch
     dsa_strategy: str = DEFAULT_STRATEGY
     crop: bool = False  # random-resized crop (+ flip where the data allows) per image: the teacher protocol's views
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    mix: str = "none"  # 'cutmix' or 'mixup' per batch (teacher protocol; the teacher labels the mixed view)
-    mix_alpha: float = 1.0  # Beta(alpha, alpha) of the mixing ratio
-    labels: str = "hard"  # the registered protocol that trains: 'hard' | 'soft' | 'teacher' | package.module:callable
-    temperature: float = 1.0  # for 'teacher'
-    teacher_bn: str = "eval"  # 'eval': running statistics; 'train': each batch's own statistics (CV-DD's choice)
-    test_batch_size: int = 1000
+    crop_scale: tuple[float, float] = field(default=(0.08, 1.0), metadata=rule(gt=0, le=1))
+    # 'cutmix' or 'mixup' per batch (teacher protocol; the teacher labels the mixed view)
+    mix: str = field(default="none", metadata=rule(choices=MIXES))
+    mix_alpha: float = field(default=1.0, metadata=rule(gt=0))  # Beta(alpha, alpha) of the mixing ratio
+    # the registered protocol that trains: 'hard' | 'soft' | 'teacher' | package.module:callable (checked by
+    # protocol_rule, not a fixed list: users register their own)
+    labels: str = "hard"
+    temperature: float = field(default=1.0, metadata=rule(gt=0))  # for 'teacher'
+    # 'eval': running statistics; 'train': each batch's own statistics (CV-DD's choice)
+    teacher_bn: str = field(default="eval", metadata=rule(choices=TEACHER_BN))
+    test_batch_size: int = field(default=1000, metadata=rule(ge=1))
 
     def __post_init__(self) -> None:
+        check_dataclass(self)  # every field's declared rule, however the protocol was built
         try:
-            rule = protocol_rule(self.labels)
+            trains = protocol_rule(self.labels)
         except KeyError as e:
             raise ValueError(f"protocol labels: {e.args[0]}") from None
-        if self.epochs < 1:
-            raise ValueError("protocol epochs must be >= 1")
-        for field_name, value, allowed in (("optimizer", self.optimizer, OPTIMIZERS), ("schedule", self.schedule, SCHEDULES),
-                                           ("mix", self.mix, MIXES), ("teacher_bn", self.teacher_bn, TEACHER_BN)):
-            if value not in allowed:
-                raise ValueError(f"protocol {field_name} must be one of {allowed}, got {value!r}")
         if self.crop and self.dsa:
             raise ValueError("protocol: choose crop views or DSA, not both")
-        if (self.crop or self.mix != "none") and not rule.needs_teacher:
+        if (self.crop or self.mix != "none") and not trains.needs_teacher:
             raise ValueError("crop views and mixing label each view with the teacher: use them with labels='teacher'")
         if not (0 < self.crop_scale[0] <= self.crop_scale[1] <= 1):
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        if self.temperature <= 0 or self.batch_size < 1 or self.cosine_eta < 1:
-            raise ValueError("protocol temperature must be > 0, batch_size >= 1 and cosine_eta >= 1")
 
     def with_(self, **changes) -> "Protocol":
         changes = {k: v for k, v in changes.items() if v is not None}

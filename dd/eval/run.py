@@ -10,10 +10,10 @@ from typing import Optional, Sequence
 def resolve_protocol(name: Optional[str], recorded=None, *, epochs: Optional[int] = None, lr: Optional[float] = None,
                      batch_size: Optional[int] = None, optimizer: Optional[str] = None,
                      temperature: Optional[float] = None, teacher_bn: Optional[str] = None, mix: Optional[str] = None,
-                     options: Optional[dict] = None):
+                     options: Optional[dict] = None, names: Optional[dict] = None):
     """The protocol `name` (else the one a set records, else hard) with the given fields overridden (None: kept);
     `options` sets any other Protocol field by name (strings parsed as the field's type); a given lr also turns
-    off a set's learned lr."""
+    off a set's learned lr. Every value is checked against the field's rule, named as `names` gives it (a flag)."""
     from dd.eval.protocol import Protocol, get_protocol
     from dd.methods.base import coerce_fields
 
@@ -21,8 +21,10 @@ def resolve_protocol(name: Optional[str], recorded=None, *, epochs: Optional[int
                  "teacher_bn": teacher_bn, "mix": mix}
     if lr is not None:
         overrides.update(lr=lr, use_learned_lr=False)
-    overrides.update(coerce_fields(Protocol, dict(options or {})))
-    return get_protocol(name or (recorded if recorded else "hard"), **overrides)
+    overrides = coerce_fields(Protocol, {k: v for k, v in overrides.items() if v is not None}, names=names)
+    options = dict(options or {})
+    overrides.update(coerce_fields(Protocol, options, names={k: f"--protocol-option {k}" for k in options}))
+    return get_protocol(name if name is not None else (recorded if recorded else "hard"), **overrides)
 
 
 def teacher_for(teachers: Sequence[str], teacher_model, synset, dataset, device):
@@ -65,24 +67,34 @@ def evaluate_set(synset, archs: Sequence[str], protocol, runs: int, *, group, da
             raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
         check_weight(scores[0], "--lrs-weight")  # before any training
         check_weight(scores[1], "--ars-weight")
-    name = dataset or (synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET
+    trains = protocol_rule(protocol.labels)
+    if labels and not trains.needs_teacher:
+        raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
+    stored = None
+    if labels:  # its manifest and every epoch file checked before any data is read
+        from dd.eval.labels import StoredLabels
+
+        stored = StoredLabels(labels)
+    if ipc is not None and "random" not in baselines:
+        raise ValueError("--ipc sets the random-real baseline's images per class, and this report has none: drop "
+                         "--ipc or add --baseline random")
+    if "random" in baselines and ipc is None and synset is None:
+        raise ValueError("--baseline random needs --ipc N")
+    name = dataset if dataset is not None else ((synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET)
     zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else zca
     options = dict(data_options or {})
     data = load_dataset(name, root=data_root, zca=zca,
                         **(options_for_set(name, synset.meta, options) if synset is not None else options))
     device = group.local_device()
-    needs_teacher = protocol_rule(protocol.labels).needs_teacher
+    # stored labels stand in for the teacher on the set's rows; baseline rows and scores still run the teacher
+    needs_teacher = trains.needs_teacher and (stored is None or bool(baselines) or scores is not None)
     teacher = teacher_for(teachers, teacher_model, synset, data, device) if needs_teacher else None
     if needs_teacher and teacher is None:
         raise ValueError(f"the {protocol.name} protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` "
                          "directory)")
-    if labels and not needs_teacher:
-        raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
-    if "random" in baselines and ipc is None and synset is None:
-        raise ValueError("--baseline random needs --ipc N")
     report = build_report(synset, list(archs), protocol, runs, dataset=data, ipc=ipc, baselines=list(baselines),
                           full_epochs=full_epochs, full_runs=full_runs, device=device, seed=seed, teacher=teacher,
-                          labels=labels, lr_search=lr_search, group=group, progress=group.is_main)
+                          labels=stored, lr_search=lr_search, group=group, progress=group.is_main)
     if not group.is_main:
         return None
     if scores is not None:
@@ -93,5 +105,5 @@ def evaluate_set(synset, archs: Sequence[str], protocol, runs: int, *, group, da
                   "evaluations run in this one (rank 0)")
         report = add_scores(report, synset, list(archs), protocol, runs, w=scores[0], gamma=scores[1], dataset=data,
                             ipc=ipc, full_epochs=full_epochs, full_runs=full_runs, device=device, seed=seed,
-                            teacher=teacher, labels=labels)
+                            teacher=teacher, labels=stored)
     return report

@@ -30,7 +30,7 @@ class MethodConfig:
     """Options every method shares; subclasses add their own with the paper's defaults."""
 
     model: str = "convnet"  # architecture the method distils with
-    init: str = "real"  # 'real' (random real images per class) or 'noise'
+    init: str = "real"  # 'real' (random real images per class) or 'noise'; some methods add their own
     dsa: bool = True  # differentiable siamese augmentation during distillation
     dsa_strategy: str = "color_crop_cutout_flip_scale_rotate"
     zca: bool = False  # whiten the dataset with ZCA (MTT does for CIFAR)
@@ -207,7 +207,8 @@ def check_input_counts(cls: type, buffers: int, teachers: int) -> None:
             raise ValueError(f"method '{cls.name}' needs {lo if hi == lo else f'at least {lo}'} {kind[:-1]}"
                              f"{'s' if lo > 1 else ''}: pass {flag} ({how})")
         if hi is not None and have > hi:
-            raise ValueError(f"method '{cls.name}' takes {'no' if hi == 0 else f'at most {hi}'} {kind}, got {have}")
+            raise ValueError(f"method '{cls.name}' takes {'no' if hi == 0 else f'at most {hi}'} {kind} "
+                             f"({flag.split()[0]}), got {have}")
 
 
 def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
@@ -215,15 +216,21 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     return cls(**coerce_fields(cls, values))
 
 
-def coerce_fields(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+def coerce_fields(cls: type, values: dict[str, Any], names: Optional[dict] = None) -> dict[str, Any]:
     """Parses command-line strings and checks JSON values (--config files, the Python API) against a dataclass's
-    field types; an unknown key is refused with the known ones, a wrong value with its key and the type expected."""
+    field types and declared rules (dd.validate); an unknown key is refused with the known ones, a wrong value with
+    its key (or its flag in `names`) and what is expected."""
+    from dd.validate import check_fields
+
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for {cls.__name__}; known: {sorted(fields)}")
+        given = ", ".join(names[k] for k in unknown if names and k in names)
+        raise ValueError(f"{given + ': ' if given else ''}unknown option(s) {unknown} for {cls.__name__}; known: "
+                         f"{sorted(fields)}")
     hints = typing.get_type_hints(cls)
-    return {k: coerce_value(v, hints.get(k, Any), k, cls.__name__) for k, v in values.items()}
+    out = {k: coerce_value(v, hints.get(k, Any), k, cls.__name__) for k, v in values.items()}
+    return check_fields(cls, out, names)
 
 
 class _Mismatch(Exception):

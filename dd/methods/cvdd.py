@@ -14,7 +14,7 @@ batch's own statistics), on every view of the teacher protocol; stored (`relabel
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -25,6 +25,7 @@ from dd.methods.recover import committee_loss, forward_with_bn_loss  # noqa: F40
 from dd.methods.registry import METHODS
 from dd.methods.sre2l import CDA, CDAConfig
 from dd.teachers import Committee
+from dd.validate import rule
 
 SELECTIONS = ("cycle", "random", "top")
 BN_NORMALIZE = ("init", "none")
@@ -35,17 +36,23 @@ class CVDDConfig(CDAConfig):
     """CDA's options plus the committee's; the paper's strong-baseline choices are the defaults."""
 
     init: str = "medium"  # 'medium': real images of median committee loss per class (the paper's medium patches); 'noise', 'real'
-    voters: int = 2  # N members vote on each batch
+    voters: int = field(default=2, metadata=rule(ge=1))  # N members vote on each batch
     selection: str = "cycle"  # 'cycle' (IPC index i takes members i*N .. i*N+N-1, mod M), 'random', 'top' (by prior)
-    tau_synthesis: float = 5.0  # softmax temperature of the voters' weights (priors in percent)
-    tau_labels: float = 10.0  # softmax temperature of the label weights
+    # softmax temperature of the voters' weights (priors in percent)
+    tau_synthesis: float = field(default=5.0, metadata=rule(gt=0))
+    tau_labels: float = field(default=10.0, metadata=rule(gt=0))  # softmax temperature of the label weights
     bn_normalize: str = "init"  # 'init': each member's BN loss relative to its value on the batch's start; 'none'
     prior: str = "distilled"  # 'distilled' (CDA from the member alone, scored on a validation split) or 'teacher'
-    prior_ipc: int = 10  # the lone member's CDA set used to score it (IPC 1 with ~100 training steps scored chance)
-    prior_iterations: int = 300  # the lone member's recover steps (the paper's priors ran the full budget: say so with --set)
-    prior_epochs: int = 300  # epochs of the post-training protocol (below) when scoring a member's own distilled set
-    post_batch_size: int = 16  # the teacher protocol's batch for the set (the paper's smaller post-training batch)
-    post_cosine_eta: float = 2.0  # the paper's gentler cosine (the schedule spans eta x epochs)
+    # the lone member's CDA set used to score it (IPC 1 with ~100 training steps scored chance)
+    prior_ipc: int = field(default=10, metadata=rule(ge=1))
+    # the lone member's recover steps (the paper's priors ran the full budget: say so with --set)
+    prior_iterations: int = field(default=300, metadata=rule(ge=1))
+    # epochs of the post-training protocol (below) when scoring a member's own distilled set
+    prior_epochs: int = field(default=300, metadata=rule(ge=1))
+    # the teacher protocol's batch for the set (the paper's smaller post-training batch)
+    post_batch_size: int = field(default=16, metadata=rule(ge=1))
+    # the paper's gentler cosine (the schedule spans eta x epochs)
+    post_cosine_eta: float = field(default=2.0, metadata=rule(ge=1))
     label_bn: str = "train"  # the committee's BatchNorm while labeling: 'train' (batch statistics, the paper) or 'eval'
 
 

@@ -10,7 +10,7 @@ factor on lr_img, so the paper's lr_img = 1 refers to the scaled loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from dd.methods.dm import DM, DMConfig, embedding_mmd
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
+from dd.validate import rule
 
 __all__ = ["DataDAM", "DataDAMConfig", "attention_loss", "datadam_loss", "embedding_mmd", "spatial_attention"]
 
@@ -27,7 +28,7 @@ __all__ = ["DataDAM", "DataDAMConfig", "attention_loss", "datadam_loss", "embedd
 class DataDAMConfig(DMConfig):
     """The paper's defaults: real init, SGD momentum 0.5, 64 real images per class, p = 4, instance norm."""
 
-    lr_img: Optional[float] = None  # None: 1 up to IPC 50, 10 above (the paper)
+    lr_img: Optional[float] = field(default=None, metadata=rule(gt=0))  # None: 1 up to IPC 50, 10 above (the paper)
     batch_real: int = 64
     power: float = 4.0  # p of the attention map sum_c |f_c|^p (public code: 1)
     task_balance: Optional[float] = None  # lambda on the MMD term; None: 0.01 up to 64 px, 0.02 above (the paper)

@@ -9,7 +9,7 @@ expert logits averaged over the experts that classify each image correctly, are 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -20,6 +20,7 @@ from dd.methods.mtt import MTT, MTTConfig
 from dd.methods.registry import METHODS
 from dd.methods.trajectory_presets import datm_defaults
 from dd.synset import SyntheticSet
+from dd.validate import rule
 
 
 @dataclass
@@ -29,7 +30,7 @@ class DATMConfig(MTTConfig):
     min_start_epoch: Optional[int] = None
     current_max_start_epoch: Optional[int] = None  # initial upper bound of sequential generation (None: fixed bounds)
     expansion_end: Optional[int] = None  # iteration at which the upper bound reaches max_start_epoch
-    lr_y: Optional[float] = None
+    lr_y: Optional[float] = field(default=None, metadata=rule(gt=0))
     momentum_y: float = 0.9
     threshold: Optional[float] = None  # skip an update whose matching loss exceeds this
     soft_labels: bool = True

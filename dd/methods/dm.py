@@ -6,7 +6,7 @@ adds spatial-attention terms; the FYI flip option (`fyi.py`) is available to bot
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -17,6 +17,7 @@ from dd.methods.fyi import mirror_augmented, warn_if_unflippable
 from dd.methods.registry import METHODS
 from dd.models import build_model
 from dd.synset import SyntheticSet
+from dd.validate import rule
 
 __all__ = ["DM", "DMConfig", "embedding_mmd", "mirror_augmented"]
 
@@ -25,9 +26,9 @@ __all__ = ["DM", "DMConfig", "embedding_mmd", "mirror_augmented"]
 class DMConfig(MethodConfig):
     """DM paper defaults: SGD on images, lr 1, momentum 0.5, 256 real images per class per iteration."""
 
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 256
+    lr_img: float = field(default=1.0, metadata=rule(gt=0))
+    momentum: float = field(default=0.5, metadata=rule(ge=0, lt=1))
+    batch_real: int = field(default=256, metadata=rule(ge=1))
     flip: bool = False  # FYI (Flip Your Images): match the synthetic batch together with its mirror
     norm: Optional[str] = None  # normalization of the random networks (None: the architecture's own; 'batch', ...)
 

@@ -24,9 +24,11 @@ from dd.lock import output_lock
 from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, coerce_fields,
                              config_from_dict)
 from dd.methods.registry import METHODS
+from dd.models import check_model
 from dd.synset import SyntheticSet
-from dd.utils import (atomic_write_bytes, atomic_write_text, check_ipc, dict_diff, read_safetensors, resolve_device,
-                      to_jsonable, versions)
+from dd.utils import (atomic_write_bytes, atomic_write_text, check_ipc, dict_diff, read_safetensors, remove_stale_temps,
+                      resolve_device, safetensors_bytes, safetensors_header, sha256_bytes, to_jsonable, versions)
+from dd.validate import check_dataclass, rule
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -35,19 +37,22 @@ CHECKPOINT = "checkpoint.safetensors"
 class RunConfig:
     """The driver's options (the method's own live in its Config)."""
 
-    iterations: int = 1000  # outer iterations (per batch of images for methods that recover batch by batch)
-    eval_every: int = 100  # validate every N iterations (0: never; the final set is then the last one)
-    val_fraction: float = 0.1  # carved, stratified, from the training split
-    val_epochs: int = 300
-    val_runs: int = 1
+    # outer iterations (per batch of images for methods that recover batch by batch)
+    iterations: int = field(default=1000, metadata=rule(ge=1))
+    # validate every N iterations (0: never; the final set is then the last one)
+    eval_every: int = field(default=100, metadata=rule(ge=0))
+    val_fraction: float = field(default=0.1, metadata=rule(ge=0, lt=1))  # carved, stratified, from the training split
+    val_epochs: int = field(default=300, metadata=rule(ge=1))
+    val_runs: int = field(default=1, metadata=rule(ge=1))
     eval_models: tuple[str, ...] = ()  # architectures of the final report (default: the method's model)
-    eval_epochs: Optional[int] = None  # epochs of the final report (None: the protocol's own, 1000 hard / 300 teacher)
-    eval_runs: int = 5
+    # epochs of the final report (None: the protocol's own, 1000 hard / 300 teacher)
+    eval_epochs: Optional[int] = field(default=None, metadata=rule(ge=1))
+    eval_runs: int = field(default=5, metadata=rule(ge=0))  # 0: no final report
     eval_options: dict = field(default_factory=dict)  # other Protocol fields of the final report (e.g. temperature)
-    baselines: tuple[str, ...] = ("random", "full")
-    full_epochs: int = 30
-    checkpoint_minutes: float = 5.0
-    checkpoint_every: int = 0  # also checkpoint every N iterations (0: time-based only)
+    baselines: tuple[str, ...] = field(default=("random", "full"), metadata=rule(choices=("random", "full")))
+    full_epochs: int = field(default=30, metadata=rule(ge=1))
+    checkpoint_minutes: float = field(default=5.0, metadata=rule(ge=0))
+    checkpoint_every: int = field(default=0, metadata=rule(ge=0))  # also every N iterations (0: time-based only)
     wandb: bool = False
     wandb_project: str = "dd"
     progress: bool = True
@@ -140,13 +145,19 @@ def resolve(method: str, dataset: str, ipc: int, config: dict | None = None, *, 
     check_ipc(ipc)
     inputs = open_inputs(cls, buffers, teachers, teacher_model, verify=verify)
     mcfg = cls.resolve_config(dict(config or {}), dataset, ipc, inputs)
+    check_model(mcfg.model, f"option 'model' of method '{cls.name}' (--model)")
     check_inputs(inputs, dataset, mcfg)
     return cls, mcfg, inputs
 
 
 def run_config(run: RunConfig | dict | None) -> RunConfig:
     """The driver's options as a checked RunConfig (its eval_options typed as Protocol fields), before any work."""
-    run = run if isinstance(run, RunConfig) else config_from_dict(RunConfig, dict(run or {}))
+    if isinstance(run, RunConfig):
+        check_dataclass(run)
+    else:
+        run = config_from_dict(RunConfig, dict(run or {}))
+    for arch in run.eval_models:
+        check_model(arch, "eval_models (--eval-models)")
     return replace(run, eval_options=coerce_fields(Protocol, run.eval_options))
 
 
@@ -263,6 +274,8 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
     logger = _Logger(out_dir if main else None, run, identity)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            remove_stale_temps(out_dir / "grids")  # the lock removed OUT's own; a killed run's grid temps too
     total = m.num_steps(run.iterations)
     start_it, best, history = 0, {"acc": -1.0, "it": -1}, []
     best_set: Optional[SyntheticSet] = None
@@ -311,7 +324,11 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
                 last_ckpt = time.monotonic()
     except DistillationDiverged as e:
         logger.close()
-        kept = f"; the last good checkpoint is kept in {out_dir / ckpt}" if out_dir else ""
+        if out_dir is not None and (out_dir / ckpt).exists():
+            kept = (f"; the last good checkpoint is kept in {out_dir / ckpt}; to start over with a lower lr (e.g. "
+                    "--set lr_img=...) pass --restart")
+        else:
+            kept = "; no checkpoint was written before it (lower the method's lr, e.g. --set lr_img=...)"
         raise DistillationDiverged(f"{e}{kept}") from None
     if out_dir is not None and total > start_it:
         _save_checkpoint(out_dir / ckpt, m, g, identity, total, best, best_set, history)
@@ -355,19 +372,28 @@ def _finalize_meta(s: SyntheticSet, identity: dict, best: dict, run: RunConfig, 
 
 def _save_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict, it: int, best: dict,
                      best_set: Optional[SyntheticSet], history: list) -> None:
-    from safetensors.torch import save
-
     tensors, info = m.state()
     tensors = {f"method.{k}": v.detach().cpu().contiguous() for k, v in tensors.items()}
     tensors["rng.driver"] = g.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     if best_set is not None:
         tensors.update({f"best.{k}": v for k, v in best_set.tensors().items()})
-    header = {"identity": json.dumps(identity, sort_keys=True), "iteration": str(it), "best": json.dumps(best),
-              "history": json.dumps(history), "method_info": json.dumps(to_jsonable(info)),
-              "best_meta": json.dumps(to_jsonable(best_set.meta)) if best_set is not None else "null",
+    header = {"identity": json.dumps(identity, sort_keys=True), "iteration": str(it),
+              "best": json.dumps(best, sort_keys=True), "history": json.dumps(history, sort_keys=True),
+              "method_info": json.dumps(to_jsonable(info), sort_keys=True),
+              "best_meta": json.dumps(to_jsonable(best_set.meta), sort_keys=True) if best_set is not None else "null",
               "best_num_classes": str(best_set.num_classes) if best_set is not None else "0"}
-    atomic_write_bytes(path, save(tensors, metadata=header))
+    header["integrity"] = _checkpoint_digest(header, tensors)
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=header))
+
+
+def _checkpoint_digest(header: dict, tensors: dict) -> str:
+    """sha256 over a checkpoint's header and every tensor's bytes: a flipped byte anywhere is refused on resume."""
+    from dd.synset import _digest
+
+    parts = {"header": {k: v for k, v in header.items() if k != "integrity"},
+             "tensors": {k: _digest(v.reshape(-1)) for k, v in tensors.items()}}  # reshape: 0-dim tensors too
+    return sha256_bytes(json.dumps(parts, sort_keys=True).encode())
 
 
 def _load_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict):
@@ -375,6 +401,9 @@ def _load_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict):
         header, tensors = read_safetensors(path)
     except Exception as e:
         raise RuntimeError(f"checkpoint '{path}' is unreadable ({e}); delete it to start over") from e
+    if header.get("integrity") is not None and header["integrity"] != _checkpoint_digest(header, tensors):
+        raise RuntimeError(f"checkpoint '{path}' is damaged (its content does not match its recorded sha256); delete "
+                           "it to start over")
     saved = json.loads(header["identity"])
     diff = dict_diff(saved, identity, "checkpoint")
     if diff:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -23,6 +23,7 @@ from dd.methods.trajectory import (ConvNetForward, ParamLayout, ZeroTrajectoryDi
 from dd.methods.trajectory_presets import mtt_defaults
 from dd.models import build_model
 from dd.synset import SyntheticSet
+from dd.validate import rule
 
 MEMORY_MODES = ("auto", "unrolled", "constant")
 INTERMEDIATE = ("none", "uniform", "linear")
@@ -32,19 +33,23 @@ INTERMEDIATE = ("none", "uniform", "linear")
 class MTTConfig(MethodConfig):
     """Options left as None take the MTT paper's value for the dataset and IPC (dd.methods.trajectory_presets)."""
 
-    syn_steps: Optional[int] = None  # N: student steps per iteration
-    expert_epochs: Optional[int] = None  # M: the target is the expert M epochs after the start
-    max_start_epoch: Optional[int] = None  # T+: start epochs are drawn from 0..T+
-    batch_syn: Optional[int] = None  # synthetic minibatch of the student (None or 0: the whole set)
-    lr_img: Optional[float] = None
-    lr_lr: Optional[float] = None
-    lr_teacher: Optional[float] = None  # initial student lr; None: the buffer's expert lr (manifest), else the table's
-    img_momentum: float = 0.5
-    lr_momentum: float = 0.5
+    syn_steps: Optional[int] = field(default=None, metadata=rule(ge=1))  # N: student steps per iteration
+    # M: the target is the expert M epochs after the start
+    expert_epochs: Optional[int] = field(default=None, metadata=rule(ge=1))
+    max_start_epoch: Optional[int] = field(default=None, metadata=rule(ge=0))  # T+: start epochs are drawn from 0..T+
+    # synthetic minibatch of the student (None or 0: the whole set)
+    batch_syn: Optional[int] = field(default=None, metadata=rule(ge=0))
+    lr_img: Optional[float] = field(default=None, metadata=rule(gt=0))
+    lr_lr: Optional[float] = field(default=None, metadata=rule(ge=0))
+    # initial student lr; None: the buffer's expert lr (manifest), else the table's
+    lr_teacher: Optional[float] = field(default=None, metadata=rule(gt=0))
+    img_momentum: float = field(default=0.5, metadata=rule(ge=0, lt=1))
+    lr_momentum: float = field(default=0.5, metadata=rule(ge=0, lt=1))
     memory: str = "auto"  # 'unrolled', 'constant' (TESLA-style recomputation), or 'auto' (constant when unrolled won't fit)
     memory_fraction: float = 0.5  # auto: use unrolled while its graph needs less than this fraction of free memory
     # AST (smooth experts) options
-    inner_momentum: float = 0.0  # student SGD momentum (0.9 mirrors momentum experts)
+    # student SGD momentum (0.9 mirrors momentum experts)
+    inner_momentum: float = field(default=0.0, metadata=rule(ge=0, lt=1))
     intermediate: str = "none"  # also match the intermediate expert epochs: 'uniform' (weights 1) or 'linear' (i/M)
     weight_perturb: bool = False  # start from W + (d/||d||_F) * W on conv weights, d ~ N(0, 1)
     balanced: bool = False  # the student's loss averages per-class mean losses

@@ -23,8 +23,9 @@ from dd.data.base import base_name
 
 def cache_path(source) -> Optional[Path]:
     if source.kind == "buffer":
-        return Path(source.spec.rpartition("@")[0] if "@" in source.spec and not Path(source.spec).is_dir()
-                    else source.spec) / "priors.json"
+        from dd.teachers import split_spec
+
+        return Path(split_spec(source.spec)[0]) / "priors.json"
     if source.kind == "file":
         return Path(source.spec + ".priors.json")
     return None

@@ -11,7 +11,7 @@ with labels on the fly or stored (`relabel_epochs`, or `ddtk relabel` afterwards
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
 import torch
@@ -21,6 +21,7 @@ from dd.methods.recover import (SCHEDULES, batchnorm_layers, committee_loss, cos
                                 recover_view)
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet
+from dd.validate import rule
 
 
 @dataclass
@@ -29,17 +30,20 @@ class SRe2LConfig(MethodConfig):
 
     init: str = "noise"  # 'noise' (standard normal in the normalized space, the paper) or 'real'
     dsa: bool = False  # unused: recovery has its own views (crop, flip, jitter)
-    lr: float = 0.25  # Adam lr (cosine to 0 over the iterations)
+    lr: float = field(default=0.25, metadata=rule(gt=0))  # Adam lr (cosine to 0 over the iterations)
     beta1: float = 0.5
     beta2: float = 0.9
-    r_bn: float = 0.01  # weight of the BN-statistics loss
+    r_bn: float = field(default=0.01, metadata=rule(ge=0))  # weight of the BN-statistics loss
     first_bn_weight: float = 10.0  # extra weight of the first BN layer (the public code's first_bn_multiplier)
-    jitter: int = 4  # random roll by 0..jitter pixels per axis (32 for ImageNet-1K at 224 px)
-    batch_classes: int = 100  # classes per batch (one image each, at one IPC index)
+    # random roll by 0..jitter pixels per axis (32 for ImageNet-1K at 224 px)
+    jitter: int = field(default=4, metadata=rule(ge=0))
+    batch_classes: int = field(default=100, metadata=rule(ge=1))  # classes per batch (one image each, at one IPC index)
     crop: bool = True  # random-resized crop + flip of the batch (False: whole image, the SRe2L CIFAR code)
-    crop_scale: float = 0.08  # lower crop scale (SRe2L: fixed; CDA: the end of its curriculum)
-    relabel_epochs: int = 0  # > 0: after recovery, store this many epochs of teacher labels in OUT/labels
-    relabel_topk: int = 10
+    # lower crop scale (SRe2L: fixed; CDA: the end of its curriculum)
+    crop_scale: float = field(default=0.08, metadata=rule(gt=0, le=1))
+    # > 0: after recovery, store this many epochs of teacher labels in OUT/labels
+    relabel_epochs: int = field(default=0, metadata=rule(ge=0))
+    relabel_topk: int = field(default=10, metadata=rule(ge=1))
 
 
 @dataclass

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dd.utils import atomic_write_json, relative_paths, sha256_json, to_jsonable
-from dd.reproduce.spec import BASELINE_ROWS, Row, split_expert
+from dd.reproduce.spec import BASELINE_ROWS, Row
+from dd.teachers import split_spec
 from dd.reproduce.plan import Context, distill_kwargs, eval_kwargs, input_present, recipe_plan, recipes_of
 
 
@@ -19,7 +20,19 @@ class State:
 
     def __init__(self, path: Path):
         self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {"format": self.FORMAT, "buffers": {}, "rows": {}}
+        self.data = self._read() if path.is_file() else {"format": self.FORMAT, "buffers": {}, "rows": {}}
+
+    def _read(self) -> dict:
+        """The file's content, checked against the sha256 it records of itself (a damaged file is refused)."""
+        fix = "delete it: reproduce then checks every artifact again (wall times already recorded are lost)"
+        try:
+            data = json.loads(self.path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"reproduce state '{self.path}' is not valid JSON ({e}); {fix}") from None
+        recorded = data.pop("sha256", None) if isinstance(data, dict) else None
+        if not isinstance(data, dict) or (recorded is not None and recorded != sha256_json(data)):
+            raise ValueError(f"reproduce state '{self.path}' is damaged (its content does not match its sha256); {fix}")
+        return data
 
     def get(self, *keys) -> Any:
         node = self.data
@@ -35,13 +48,13 @@ class State:
         with OutputLock(self.path.parent, command=f"ddtk reproduce: updating {self.path.name}",
                         name=self.path.name + ".lock", wait_s=600):
             if self.path.is_file():
-                self.data = json.loads(self.path.read_text())
+                self.data = self._read()
             node = self.data
             for k in keys[:-1]:
                 node = node.setdefault(k, {})
             node[keys[-1]] = value
             self.data = relative_paths(to_jsonable(self.data), self.path.parent)  # commands name OUT's paths as ./...
-            atomic_write_json(self.path, self.data)
+            atomic_write_json(self.path, {**self.data, "sha256": sha256_json(self.data)})
 
 
 def buffer_status(name: str, ctx: Context) -> tuple[str, str]:
@@ -106,7 +119,7 @@ def distill_status(row: Row, ctx: Context, state: State) -> tuple[str, str]:
     if any(buffer_status(n, ctx)[0] != "reuse" for n in recipes):  # a buffer in conflict raises, naming it
         return "run", "after its buffer/teachers are recorded"
     own = {str(ctx.buffer_dir(n)) for n in recipes}
-    external = [p for p in [kwargs["buffer"], *kwargs["teachers"]] if p and split_expert(p)[0] not in own]
+    external = [p for p in [kwargs["buffer"], *kwargs["teachers"]] if p and split_spec(p)[0] not in own]
     if not all(input_present(p) for p in external):
         return "run", "once its input files are there"
     identity = expected_identity(kwargs)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from dd.reproduce.spec import EvalSpec, Row, Spec, SpecError, check_keys, split_expert
+from dd.reproduce.spec import EvalSpec, Row, Spec, SpecError, check_keys
+from dd.teachers import split_spec
 
 
 # --smoke: every row shrunk to seconds (buffers: 1 expert x 1 epoch; distill: 2 iterations, no validation; eval:
@@ -201,8 +202,8 @@ def input_specs(row: Row, ctx: Context) -> tuple[Optional[str], list[str]]:
     """(buffer, teachers) as the distill command gets them: recipe names become OUT/buffers/NAME (keeping '@E'),
     anything else (a path, a module:callable) is passed as written; the row's entries win over its config file's."""
     def resolve(spec: str) -> str:
-        name, expert = split_expert(spec)
-        return f"{ctx.buffer_dir(name)}{expert}" if name in ctx.spec.buffers else spec
+        name, expert = split_spec(spec)
+        return f"{ctx.buffer_dir(name)}{'' if expert is None else f'@{expert}'}" if name in ctx.spec.buffers else spec
 
     buffer = row.buffer or row.base.get("buffer")
     teachers = row.teachers or list(row.base.get("teachers", []))
@@ -211,7 +212,7 @@ def input_specs(row: Row, ctx: Context) -> tuple[Optional[str], list[str]]:
 
 def recipes_of(row: Row, spec: Spec) -> list[str]:
     """The spec's buffer recipes a row needs (its buffer and the teachers that name one), in order, once each."""
-    names = [row.buffer] + [split_expert(str(t))[0] for t in row.teachers]
+    names = [row.buffer] + [split_spec(t)[0] for t in row.teachers]
     return [n for n in dict.fromkeys(names) if n and n in spec.buffers]
 
 
@@ -275,7 +276,7 @@ def eval_kwargs(row: Row, ctx: Context, recorded=None) -> dict:
 
 def _input_path(spec: str) -> Path:
     """The file or directory behind a buffer/teacher spec (DIR@E names DIR)."""
-    return Path(split_expert(spec)[0] if not Path(spec).exists() else spec)
+    return Path(split_spec(spec)[0])
 
 
 def _is_path_like(spec: str) -> bool:

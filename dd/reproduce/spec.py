@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from dd.teachers import split_spec
+
 
 BASELINE_ROWS = {"random": "random-real", "full": "full"}  # row methods that only evaluate -> their report row names
 
@@ -158,7 +160,7 @@ def _row(d: dict, index: int, spec_path: Path, eval_defaults: dict, seed: int, k
     if kind == "paper" and paper is None:
         raise SpecError(f"{where}: a paper spec needs the paper's number and its source in every row: "
                         '"paper": {"value": ..., "source": "..."}')
-    for name in [d.get("buffer")] + [split_expert(str(t))[0] for t in d.get("teachers", [])]:
+    for name in [d.get("buffer")] + [split_spec(t)[0] for t in d.get("teachers", [])]:
         if name and name not in buffers and _looks_like_recipe(name):
             raise SpecError(f"{where}: '{name}' is neither a buffer recipe of this spec ({', '.join(buffers) or 'none'}) "
                             "nor a path")
@@ -170,13 +172,6 @@ def _row(d: dict, index: int, spec_path: Path, eval_defaults: dict, seed: int, k
                dict(d.get("options", {})), dict(d.get("run", {})), d.get("buffer"), list(d.get("teachers", [])),
                d.get("teacher_model"), ev, paper, recorded, int(d.get("seed", seed)), d.get("notes", ""),
                str(spec_path))
-
-
-def split_expert(spec: str) -> tuple[str, str]:
-    """'DIR@E' -> ('DIR', '@E'); anything else -> (spec, '') (the one place reproduce reads the DIR@E form;
-    dd.teachers' parser may replace it)."""
-    name, at, expert = spec.rpartition("@")
-    return (name, at + expert) if at else (spec, "")
 
 
 def _looks_like_recipe(name: str) -> bool:
