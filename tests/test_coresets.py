@@ -213,3 +213,20 @@ def test_protocols_hard_and_teacher_in_one_report(tmp_path, teacher_file):
     md = (out / "eval.md").read_text()
     assert "| herding | mlp | digits | 2 | hard |" in md and "| herding | mlp | digits | 2 | teacher |" in md
     assert "labels from teacher on every view (not stored): random-real (teacher), herding (teacher)" in md
+
+
+def test_distill_scores_coreset_baselines_beside_its_set_with_its_budget(tmp_path, small_buffer):
+    out = tmp_path / "run"
+    assert main(["distill", "--method", "dm", "--dataset", "digits", "--ipc", "2", "--model", "convnet-d1",
+                 "--iterations", "2", "--eval-every", "0", "--eval-runs", "1", "--eval-epochs", "1",
+                 "--eval-models", "mlp", "--baseline", "random", "--baseline", "forgetting",
+                 "--coreset-net", str(small_buffer), "--device", "cpu", "--out", str(out)]) == 0
+    rep = json.loads((out / "eval.json").read_text())
+    assert [r["name"] for r in rep["rows"]] == ["dm", "random-real", "forgetting"]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    made = rep["rows"][0]["extra"]["made_seconds"]
+    assert made == pytest.approx(sum(r["sec"] for r in logged if "sec" in r)) and made > 0
+    assert "made_seconds" not in SyntheticSet.load(out / "synset.safetensors").meta  # the file stays reproducible
+    assert "wall_seconds" not in SyntheticSet.load(out / "synset.safetensors").meta
+    with pytest.raises(SystemExit):  # argparse's choices: exit 2 naming the option
+        main(["distill", "--baseline", "herd"])
