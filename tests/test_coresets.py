@@ -230,3 +230,15 @@ def test_distill_scores_coreset_baselines_beside_its_set_with_its_budget(tmp_pat
     assert "wall_seconds" not in SyntheticSet.load(out / "synset.safetensors").meta
     with pytest.raises(SystemExit):  # argparse's choices: exit 2 naming the option
         main(["distill", "--baseline", "herd"])
+
+
+def test_lr_search_of_a_coreset_row_selects_outside_the_validation_split(digits):
+    from dd.eval.baselines import coreset_row
+
+    torch.manual_seed(0)
+    sel = C.Selector(digits, build_model("mlp", 1, 10, (8, 8)))
+    row = coreset_row(sel, "kcenter", 2, "mlp", Protocol(epochs=1), 1, lr_search=[0.01, 0.1])
+    images, labels, val = row.search.data()
+    held_out = val.test_images.flatten(1)
+    assert len(images) == 20 and not any(bool((held_out == x.flatten()).all(1).any()) for x in images)
+    assert row.search.candidates == [0.01, 0.1]
