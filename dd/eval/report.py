@@ -39,7 +39,7 @@ class Report:
         if budgeted:
             notes.append("bytes: float32 images and int64 class ids or float labels as stored (stored teacher labels: "
                          "their files); made in: the wall time that made the set, from its metadata ('—' when not "
-                         "recorded; random and full: nothing to make)")
+                         "recorded; random and full: 0, nothing is made)")
         searched = [r for r in self.rows if "lr_search" in r.extra]
         if searched:
             candidates = ", ".join(f"{c:g}" for c in self.meta.get("lr_search", [])) or "the given candidates"
