@@ -8,6 +8,7 @@ from pathlib import Path
 
 def add_parser(sub, name):
     from dd.cli import add_common, non_negative_int, positive_int
+    from dd.eval.baselines import BASELINES
 
     p = sub.add_parser(name, help="distil a dataset into IPC images per class with a method")
     p.add_argument("--method", default=None, help="method name (see `ddtk methods`; default dm)")
@@ -27,6 +28,12 @@ def add_parser(sub, name):
                    help="fresh networks per final evaluation row (default 5; 0: no report)")
     p.add_argument("--eval-every", type=non_negative_int, default=None, help="validate every N iterations (0: never)")
     p.add_argument("--no-full-baseline", action="store_true", help="skip the full-data baseline row")
+    p.add_argument("--baseline", dest="baselines", choices=list(BASELINES), action="append", default=None,
+                   help="the baselines scored beside the set under its protocol and teacher (repeatable; default "
+                        "random and full): herding, kcenter and forgetting select IPC real images per class")
+    p.add_argument("--coreset-net", default=None, metavar="SPEC",
+                   help="network of the coreset baselines (herding/kcenter features, forgetting's `ddtk buffer`); "
+                        "default: the first --teacher, else --buffer, else a convnet-w32 trained on the training split")
     p.add_argument("--wandb", action="store_true", help="log to Weights & Biases (optional extra; WANDB_MODE=offline works)")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint in --out")
     add_common(p)
@@ -50,7 +57,8 @@ def check_teacher_model(teachers, teacher_model) -> None:
 
 # run options that have a flag of their own; the others are set in a --config file's "run" section
 RUN_FLAGS = {"iterations": "--iterations", "eval_epochs": "--eval-epochs", "eval_runs": "--eval-runs",
-             "eval_every": "--eval-every", "eval_models": "--eval-models"}
+             "eval_every": "--eval-every", "eval_models": "--eval-models", "baselines": "--baseline",
+             "coreset_net": "--coreset-net"}
 
 
 def check_set_keys(method: str, sets: dict) -> None:
@@ -134,7 +142,13 @@ def distill_arguments(args, config_data: dict | None = None) -> dict:
         run_cfg["eval_models"] = tuple(parse_models(args.eval_models, "--eval-models"))
     check_teacher_model(args.teachers, args.teacher_model)
     if args.no_full_baseline:
-        run_cfg["baselines"] = ("random",)
+        run_cfg["baselines"] = tuple(b for b in run_cfg.get("baselines", ("random", "full")) if b != "full")
+    if args.baselines:
+        if args.no_full_baseline and "full" in args.baselines:
+            raise ValueError("--no-full-baseline and --baseline full contradict each other: give one")
+        run_cfg["baselines"] = tuple(args.baselines)
+    if args.coreset_net:
+        run_cfg["coreset_net"] = args.coreset_net
     run_cfg["wandb"] = args.wandb or run_cfg.get("wandb", False)
     out = args.out or f"runs/{args.method}_{safe_name(args.dataset)}_ipc{args.ipc}_seed{args.seed}"
     return dict(method=args.method, dataset=args.dataset, ipc=args.ipc, out=out, buffer=args.buffer,

@@ -7,14 +7,21 @@ from pathlib import Path
 def add_parser(sub, name):
     from dd.cli import add_common, positive_int
     from dd.commands.distill import add_teacher_options
+    from dd.eval.baselines import BASELINES
 
     p = sub.add_parser(name, help="evaluate a synthetic set or a baseline under the standard protocol")
     p.add_argument("synset", nargs="?", help="a .safetensors synthetic set (or an MTT images_best.pt)")
-    p.add_argument("--baseline", choices=["random", "full"], action="append",
-                   help="evaluate a baseline instead of (or beside) a set; repeatable")
+    p.add_argument("--baseline", choices=list(BASELINES), action="append",
+                   help="evaluate a baseline instead of (or beside) a set; repeatable. herding, kcenter and forgetting "
+                        "select IPC real images per class (dd.coresets) from the training split only")
+    p.add_argument("--coreset-net", default=None, metavar="SPEC",
+                   help="the network whose penultimate features herding/kcenter read and whose `ddtk buffer` epochs "
+                        "forgetting counts: DIR or DIR@E, a checkpoint, or module:callable (default: the first "
+                        "--teacher, else the set's recorded teacher, else a convnet-w32 trained on the training split)")
     p.add_argument("--dataset", default=None, help="dataset (default: the set's own, else mnist10k); a registered "
                    "name, folder:PATH or package.module:callable")
-    p.add_argument("--ipc", type=positive_int, default=None, help="images per class for --baseline random")
+    p.add_argument("--ipc", type=positive_int, default=None,
+                   help="images per class for --baseline random/herding/kcenter/forgetting without a set")
     p.add_argument("--model", "--models", dest="models", default="convnet",
                    help="architecture(s), comma-separated, e.g. convnet-w32,mlp,lenet")
     p.add_argument("--full-epochs", type=positive_int, default=None, help="epochs for the full-data baseline (default --epochs, else 30)")
@@ -28,6 +35,10 @@ def add_parser(sub, name):
     p.add_argument("--ars-weight", type=float, default=0.5,
                    help="--scores: gamma in beta = gamma (gap with augmentation) + (1 - gamma) (gap without)")
     add_protocol_options(p)
+    p.add_argument("--protocols", default=None, metavar="NAME,NAME",
+                   help="several label regimes in one report, e.g. hard,teacher: every row under each protocol in "
+                        "turn (the protocol options apply to each; the teacher protocol needs a teacher); instead of "
+                        "--protocol")
     p.add_argument("--lr-search", default=None, metavar="LR,LR,...",
                    help="choose each architecture's lr among these on a validation split carved from the training data "
                         "(10%%, seed 0; never the test split), for the set and the random baseline alike, e.g. "
@@ -86,16 +97,32 @@ def report_baselines(args) -> list[str]:
     return list(args.baseline or ([] if args.no_baselines else ["random", "full"]))
 
 
-def protocol_from_args(args, recorded: dict | None = None):
-    """The protocol named on the command line (else the one a set records, else hard) with every option applied."""
+def protocol_from_args(args, recorded: dict | None = None, name: str | None = None):
+    """The protocol `name`, else the one named on the command line, else the one a set records, else hard, with
+    every option applied."""
     from dd.eval.run import resolve_protocol
     from dd.utils import parse_assignments
 
-    return resolve_protocol(args.protocol, recorded, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                            optimizer=args.optimizer, temperature=args.temperature, teacher_bn=args.teacher_bn,
-                            mix=args.mix, options=parse_assignments(args.protocol_options, "--protocol-option"),
+    return resolve_protocol(name if name is not None else args.protocol, recorded, epochs=args.epochs, lr=args.lr,
+                            batch_size=args.batch_size, optimizer=args.optimizer, temperature=args.temperature,
+                            teacher_bn=args.teacher_bn, mix=args.mix,
+                            options=parse_assignments(args.protocol_options, "--protocol-option"),
                             names={k: "--" + k.replace("_", "-") for k in ("epochs", "lr", "batch_size", "optimizer",
                                                                             "temperature", "teacher_bn", "mix")})
+
+
+def parse_protocols(args) -> list:
+    """--protocols a,b -> [a, b] (each given once; get_protocol refuses unknown names); without it -> [None]
+    (--protocol's rule)."""
+    if args.protocols is None:
+        return [None]
+    if args.protocol is not None:
+        raise ValueError("--protocol names one protocol and --protocols several: give one of them")
+    names = [n.strip() for n in args.protocols.split(",") if n.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"--protocols expects distinct protocol names separated by commas, e.g. hard,teacher; got "
+                         f"{args.protocols!r}")
+    return names
 
 
 def run(args) -> int:
@@ -129,15 +156,20 @@ def _run(args, group) -> int:
     archs = parse_models(args.models)
     synset = SyntheticSet.load(args.synset) if args.synset else None
     if synset is None and not args.baseline:
-        raise ValueError("give a synthetic set file or --baseline random|full")
+        raise ValueError("give a synthetic set file or --baseline NAME")
     recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
-    report = evaluate_set(synset, archs, protocol_from_args(args, recorded), args.runs, group=group,
+    protocols = [protocol_from_args(args, recorded, n) for n in parse_protocols(args)]
+    if synset is not None and "wall_seconds" not in synset.meta:
+        from dd.methods.driver import logged_seconds
+
+        synset.meta["wall_seconds"] = logged_seconds(Path(args.synset).parent)  # the budget's time (None: no log)
+    report = evaluate_set(synset, archs, protocols, args.runs, group=group,
                           dataset=args.dataset, zca=args.zca, ipc=args.ipc, baselines=report_baselines(args),
                           full_epochs=args.full_epochs or args.epochs or 30,
                           full_runs=args.runs if args.baseline else 1, teachers=args.teachers,
                           teacher_model=args.teacher_model, labels=args.labels, lr_search=lr_search,
                           scores=(args.lrs_weight, args.ars_weight) if args.scores else None, seed=args.seed,
-                          data_root=args.data_root, data_options=data_options(args))
+                          data_root=args.data_root, data_options=data_options(args), coreset_net=args.coreset_net)
     if report is None:  # a rank > 0 under torchrun
         return 0
     for r in report.rows:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from dd.data import ImageDataset, base_name, load_dataset
 from dd.distributed import ProcessGroup, deal
+from dd.eval.baselines import SELECTIONS, check_baselines, coreset_row, real_budget, set_budget
 from dd.eval.protocol import Protocol, get_protocol, protocol_rule
 from dd.eval.rules import EvalInputs
 from dd.eval.train import accuracy, train_model
@@ -219,8 +220,7 @@ def set_row(synset: SyntheticSet, arch: str = "convnet", protocol: str | Protoco
     if lr_search:
         search = LrSearch(_lr_candidates([*([lr] if lr is not None else []), *lr_search]),
                           functools.cache(lambda: (images, y, _validation(dataset))), learned_lr=lr)
-    extra = {"image_bytes": images.numel() * images.element_size(),
-             "label_bytes": stored.nbytes if stored is not None else y.numel() * y.element_size()}
+    extra = set_budget(images, y, protocol, stored, synset.meta)
     if stored is not None:
         extra["labels"] = str(stored.path)
     return RowPlan(name, arch, dataset, protocol, runs, seed, synset.ipc, lambda s: (images, y), len(images), lr=lr,
@@ -244,8 +244,9 @@ def random_row(dataset: ImageDataset, ipc: int, arch: str = "convnet", protocol:
         return sel.images, sel.labels
 
     search = LrSearch(_lr_candidates(lr_search), functools.cache(search_data)) if lr_search else None
-    return RowPlan("random-real", arch, dataset, hard, runs, seed, ipc, data, ipc * dataset.num_classes, search=search,
-                   inputs=EvalInputs(teacher, None, model_options))
+    n = ipc * dataset.num_classes
+    return RowPlan("random-real", arch, dataset, hard, runs, seed, ipc, data, n, search=search,
+                   inputs=EvalInputs(teacher, None, model_options), extra=real_budget(n, dataset, hard, 0.0))
 
 
 def full_row(dataset: ImageDataset, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 1, *,
@@ -254,7 +255,7 @@ def full_row(dataset: ImageDataset, arch: str = "convnet", protocol: str | Proto
     hard = _for_real_images(get_protocol(protocol).with_(epochs=epochs))
     x, y = dataset.train, dataset.train_labels  # the source, read batch by batch (never one float tensor)
     return RowPlan("full", arch, dataset, hard, runs, seed, None, lambda s: (x, y), len(x),
-                   inputs=EvalInputs(teacher, None, model_options))
+                   inputs=EvalInputs(teacher, None, model_options), extra=real_budget(len(x), dataset, hard, 0.0))
 
 
 def run_rows(rows: Sequence[RowPlan], device="auto", *, group: Optional[ProcessGroup] = None,
@@ -420,8 +421,13 @@ def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol:
                  *, dataset: Optional[ImageDataset] = None, ipc: Optional[int] = None,
                  baselines: Sequence[str] = ("random", "full"), full_epochs: Optional[int] = 30, full_runs: int = 1,
                  device="auto", seed: int = 0, teacher=None, labels=None, progress: bool = True,
-                 lr_search: Optional[Sequence[float]] = None, group: Optional[ProcessGroup] = None) -> "Report":
+                 lr_search: Optional[Sequence[float]] = None, group: Optional[ProcessGroup] = None,
+                 coreset_net=None) -> "Report":
     """Synthetic set (if any) and the baselines, for each architecture, under one protocol (and one teacher).
+
+    baselines: among dd.eval.baselines.BASELINES; the coreset selections (herding, kcenter, forgetting) read the
+    embeddings/forgetting counts of `coreset_net`: a dd.coresets.Selector (shared between reports), a teacher spec,
+    a module, or None (the teacher when there is one, else a network trained on the training split).
 
     lr_search: candidate lrs searched per architecture on a validation split of the training data, for the set and
     the random-real baseline alike; the full-data baseline keeps the protocol lr. group: the torchrun ranks to spread
@@ -440,8 +446,10 @@ def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol:
             raise ValueError("pass a synthetic set or a dataset")
         dataset = dataset_for(synset)
     ipc = ipc if ipc is not None else (synset.ipc if synset is not None else None)
-    if "random" in baselines and ipc is None:
-        raise ValueError("the random-real baseline needs --ipc")
+    baselines = check_baselines(baselines)
+    if any(b in baselines for b in ("random", *SELECTIONS)) and ipc is None:
+        raise ValueError("the random-real and coreset baselines need --ipc")
+    selector = _selector(coreset_net, teacher, dataset, device, seed) if set(SELECTIONS) & set(baselines) else None
     plans: list[RowPlan] = []
     for arch in archs:
         if synset is not None:
@@ -450,6 +458,8 @@ def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol:
         if "random" in baselines:
             plans.append(random_row(dataset, ipc, arch, protocol, runs, seed=seed, teacher=teacher,
                                     lr_search=lr_search))
+        plans += [coreset_row(selector, b, ipc, arch, protocol, runs, seed=seed, teacher=teacher, lr_search=lr_search)
+                  for b in SELECTIONS if b in baselines]
         if "full" in baselines:
             plans.append(full_row(dataset, arch, protocol, full_runs, epochs=full_epochs, seed=seed, teacher=teacher))
     rows = run_rows(plans, device, group=group, progress=progress)
@@ -458,5 +468,17 @@ def build_report(synset: Optional[SyntheticSet], archs: Sequence[str], protocol:
     if lr_search:
         meta["lr_search"] = [float(c) for c in lr_search]
     meta["processes"] = group.world if group is not None else 1
+    if selector is not None:
+        meta["coreset_network"] = selector.source
     meta["wall_seconds"] = time.perf_counter() - start
     return Report(rows, meta=meta)
+
+
+def _selector(coreset_net, teacher, dataset: ImageDataset, device, seed: int):
+    """The coreset selections' Selector: the one given, else one reading `coreset_net` or else the teacher."""
+    from dd.coresets import Selector
+
+    if isinstance(coreset_net, Selector):
+        return coreset_net
+    return Selector(dataset, coreset_net if coreset_net is not None else teacher, device=resolve_device(device),
+                    seed=seed)

@@ -18,18 +18,29 @@ class Report:
         return to_jsonable({"rows": [r.to_dict() for r in self.rows], "meta": self.meta, "versions": versions()})
 
     def to_markdown(self) -> str:
-        lines = ["| set | arch | dataset | IPC | protocol | epochs | runs | accuracy (%) |",
-                 "|---|---|---|---|---|---|---|---|"]
+        budgeted = any("image_bytes" in r.extra for r in self.rows)
+        cols = " image bytes | label bytes | made in (s) |" if budgeted else ""
+        lines = ["| set | arch | dataset | IPC | protocol | epochs | runs | accuracy (%) |" + cols,
+                 "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if budgeted else "")]
         for r in self.rows:
             ipc = "all" if r.ipc is None else r.ipc
             lines.append(f"| {r.name} | {r.arch} | {r.dataset} | {ipc} | {r.protocol.get('name', '?')} | "
-                         f"{r.protocol['epochs']} | {len(r.accs)} | {100 * r.mean:.2f} ± {100 * r.std:.2f} |")
+                         f"{r.protocol['epochs']} | {len(r.accs)} | {100 * r.mean:.2f} ± {100 * r.std:.2f} |"
+                         + (_budget_cells(r.extra) if budgeted else ""))
         notes = []
+        sources = {}
         for r in self.rows:
-            if "image_bytes" in r.extra and r.arch == self.rows[0].arch:
-                where = f" ({r.extra['labels']})" if r.extra.get("labels") else ""
-                notes.append(f"storage of '{r.name}': images {r.extra['image_bytes']:,} bytes, "
-                             f"labels {r.extra['label_bytes']:,} bytes{where}")
+            source = r.extra.get("label_source")
+            if source and source != "class ids":
+                sources.setdefault(source, []).append(f"{r.name} ({r.protocol.get('name', '?')})")
+        for source, names in sources.items():
+            notes.append(f"labels from {source}: {', '.join(dict.fromkeys(names))}")
+        if any(r.extra.get("labels_exceed_images") for r in self.rows):
+            notes.append("'> images': the row's label budget exceeds its image budget")
+        if budgeted:
+            notes.append("bytes: float32 images and int64 class ids or float labels as stored (stored teacher labels: "
+                         "their files); made in: the wall time that made the set, from its metadata ('—' when not "
+                         "recorded; random and full: 0, nothing is made)")
         searched = [r for r in self.rows if "lr_search" in r.extra]
         if searched:
             candidates = ", ".join(f"{c:g}" for c in self.meta.get("lr_search", [])) or "the given candidates"
@@ -74,3 +85,13 @@ def report_matches(path: str | Path, protocol: dict, archs: list, runs: int, bas
         return False
     return (meta.get("protocol") == protocol and meta.get("runs") == runs and names == list(archs)
             and others == sorted(baselines) and meta.get("lr_search") == lr_search)
+
+
+def _budget_cells(extra: dict) -> str:
+    """A row's image bytes, label bytes ('> images' when they exceed the images) and wall time, as table cells."""
+    if "image_bytes" not in extra:
+        return " — | — | — |"
+    over = " (> images)" if extra.get("labels_exceed_images") else ""
+    made = extra.get("made_seconds")
+    return (f" {extra['image_bytes']:,} | {extra['label_bytes']:,}{over} | "
+            f"{'—' if made is None else f'{made:.1f}'} |")

@@ -48,38 +48,46 @@ def evaluate_set(synset, archs: Sequence[str], protocol, runs: int, *, group, da
                  zca: bool = False, ipc: Optional[int] = None, baselines: Sequence[str] = (), full_epochs: int = 30,
                  full_runs: int = 1, teachers: Sequence[str] = (), teacher_model=None, labels: Optional[str] = None,
                  lr_search: Optional[list[float]] = None, scores: Optional[tuple[float, float]] = None,
-                 seed: int = 0, data_root: Optional[str] = None, data_options: Optional[dict] = None):
-    """The report of `synset` (a SyntheticSet, or None for baselines alone) on `archs` under `protocol`, `runs`
-    fresh networks per row, beside `baselines` ('random', 'full'); the runs are spread over `group`'s ranks and
-    rank 0 gets the Report (the others None). `scores` = (LRS weight, ARS weight) adds DD-Ranking's scores."""
+                 seed: int = 0, data_root: Optional[str] = None, data_options: Optional[dict] = None,
+                 coreset_net: Optional[str] = None):
+    """The report of `synset` (a SyntheticSet, or None for baselines alone) on `archs` under `protocol` (a Protocol,
+    or a list of them: one report with each protocol's rows, label regimes side by side), `runs` fresh networks per
+    row, beside `baselines` (dd.eval.baselines.BASELINES); the runs are spread over `group`'s ranks and rank 0 gets
+    the Report (the others None). `scores` = (LRS weight, ARS weight) adds DD-Ranking's scores (one protocol)."""
     from dd.data import DEFAULT_DATASET, load_dataset
     from dd.eval.harness import build_report, options_for_set
     from dd.eval.protocol import protocol_rule
     from dd.utils import seed_everything
 
+    protocols = list(protocol) if isinstance(protocol, (list, tuple)) else [protocol]
     seed_everything(seed)
     if synset is None and not baselines:
-        raise ValueError("give a synthetic set file or --baseline random|full")
+        raise ValueError("give a synthetic set file or --baseline NAME")
     if scores is not None:
         from dd.eval.scores import check_weight
 
+        if len(protocols) > 1:
+            raise ValueError("--scores compares a set with its baselines under one protocol: give --protocol, not "
+                             "--protocols")
         if synset is None:
             raise ValueError("--scores compares a synthetic set with its baselines: give the set file")
         check_weight(scores[0], "--lrs-weight")  # before any training
         check_weight(scores[1], "--ars-weight")
-    trains = protocol_rule(protocol.labels)
-    if labels and not trains.needs_teacher:
-        raise ValueError("--labels holds teacher labels: use it with --protocol teacher")
+    with_teacher = [protocol_rule(p.labels).needs_teacher for p in protocols]
+    if labels and not any(with_teacher):
+        raise ValueError("--labels holds teacher labels: use it with --protocol teacher (with --protocols, the teacher "
+                         "protocol's rows read them)")
     stored = None
     if labels:  # its manifest and every epoch file checked before any data is read
         from dd.eval.labels import StoredLabels
 
         stored = StoredLabels(labels)
-    if ipc is not None and "random" not in baselines:
-        raise ValueError("--ipc sets the random-real baseline's images per class, and this report has none: drop "
-                         "--ipc or add --baseline random")
-    if "random" in baselines and ipc is None and synset is None:
-        raise ValueError("--baseline random needs --ipc N")
+    sampled = [b for b in baselines if b != "full"]  # the baselines that draw ipc images per class
+    if ipc is not None and not sampled:
+        raise ValueError("--ipc sets the images per class of the random-real and coreset baselines, and this report "
+                         "has none: drop --ipc or add --baseline random")
+    if sampled and ipc is None and synset is None:
+        raise ValueError(f"--baseline {sampled[0]} needs --ipc N")
     name = dataset if dataset is not None else ((synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET)
     zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else zca
     options = dict(data_options or {})
@@ -87,23 +95,55 @@ def evaluate_set(synset, archs: Sequence[str], protocol, runs: int, *, group, da
                         **(options_for_set(name, synset.meta, options) if synset is not None else options))
     device = group.local_device()
     # stored labels stand in for the teacher on the set's rows; baseline rows and scores still run the teacher
-    needs_teacher = trains.needs_teacher and (stored is None or bool(baselines) or scores is not None)
+    needs_teacher = any(with_teacher) and (stored is None or bool(baselines) or scores is not None)
     teacher = teacher_for(teachers, teacher_model, synset, data, device) if needs_teacher else None
     if needs_teacher and teacher is None:
-        raise ValueError(f"the {protocol.name} protocol needs a teacher: pass --teacher SPEC (e.g. a `ddtk buffer` "
-                         "directory)")
-    report = build_report(synset, list(archs), protocol, runs, dataset=data, ipc=ipc, baselines=list(baselines),
-                          full_epochs=full_epochs, full_runs=full_runs, device=device, seed=seed, teacher=teacher,
-                          labels=stored, lr_search=lr_search, group=group, progress=group.is_main)
+        raise ValueError(f"the {protocols[with_teacher.index(True)].name} protocol needs a teacher: pass --teacher "
+                         "SPEC (e.g. a `ddtk buffer` directory)")
+    selector = coreset_selector(coreset_net, teachers, teacher_model, synset, data, device, seed, baselines)
+    reports = [build_report(synset, list(archs), p, runs, dataset=data, ipc=ipc, baselines=list(baselines),
+                            full_epochs=full_epochs, full_runs=full_runs, device=device, seed=seed,
+                            teacher=teacher if t else None, labels=stored if t else None, lr_search=lr_search,
+                            group=group, progress=group.is_main, coreset_net=selector)
+               for p, t in zip(protocols, with_teacher)]
     if not group.is_main:
         return None
+    report = merge_reports(reports)
     if scores is not None:
         from dd.eval.scores import add_scores
 
         if group.world > 1:
             print(f"--scores: the report's runs were spread over {group.world} processes; the scores' further "
                   "evaluations run in this one (rank 0)")
-        report = add_scores(report, synset, list(archs), protocol, runs, w=scores[0], gamma=scores[1], dataset=data,
-                            ipc=ipc, full_epochs=full_epochs, full_runs=full_runs, device=device, seed=seed,
-                            teacher=teacher, labels=stored)
+        report = add_scores(report, synset, list(archs), protocols[0], runs, w=scores[0], gamma=scores[1],
+                            dataset=data, ipc=ipc, full_epochs=full_epochs, full_runs=full_runs, device=device,
+                            seed=seed, teacher=teacher, labels=stored)
     return report
+
+
+def merge_reports(reports: list):
+    """One report of several protocols' reports: every row in turn, the first one's meta with each protocol and
+    the summed wall time."""
+    from dd.eval.report import Report
+
+    if len(reports) == 1:
+        return reports[0]
+    meta = dict(reports[0].meta)
+    meta["protocols"] = [r.meta["protocol"] for r in reports]
+    meta["wall_seconds"] = sum(r.meta["wall_seconds"] for r in reports)
+    return Report([row for r in reports for row in r.rows], meta=meta)
+
+
+def coreset_selector(coreset_net: Optional[str], teachers: Sequence[str], teacher_model, synset, dataset, device,
+                     seed: int, baselines: Sequence[str]):
+    """One Selector shared by every protocol's report (embeddings computed once), reading `coreset_net`, else the
+    first teacher given, else the teacher the set records, else a network trained on the training split; None when no
+    coreset baseline is asked for."""
+    from dd.coresets import SELECTIONS, Selector
+
+    if not set(SELECTIONS) & set(baselines):
+        return None
+    records = ((synset.meta.get("evaluation") or {}).get("teachers") or []) if synset is not None else []
+    spec = coreset_net or (teachers[0] if teachers else None) or (records[0]["spec"] if records else None)
+    model = teacher_model[0] if teacher_model and not coreset_net else None
+    return Selector(dataset, spec, device=device, seed=seed, teacher_model=model)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from dd.data import ImageDataset, base_name, load_dataset
 from dd.eval import Protocol, build_report, get_protocol, train_and_test
 from dd.eval.rules import EvalInputs
+from dd.eval.baselines import BASELINES
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
 from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, coerce_fields,
@@ -49,7 +50,9 @@ class RunConfig:
     eval_epochs: Optional[int] = field(default=None, metadata=rule(ge=1))
     eval_runs: int = field(default=5, metadata=rule(ge=0))  # 0: no final report
     eval_options: dict = field(default_factory=dict)  # other Protocol fields of the final report (e.g. temperature)
-    baselines: tuple[str, ...] = field(default=("random", "full"), metadata=rule(choices=("random", "full")))
+    # scored beside the set, under its protocol and teacher
+    baselines: tuple[str, ...] = field(default=("random", "full"), metadata=rule(choices=BASELINES))
+    coreset_net: Optional[str] = None  # herding/kcenter embeddings, forgetting's buffer (None: the teacher or buffer)
     full_epochs: int = field(default=30, metadata=rule(ge=1))
     checkpoint_minutes: float = field(default=5.0, metadata=rule(ge=0))
     checkpoint_every: int = field(default=0, metadata=rule(ge=0))  # also every N iterations (0: time-based only)
@@ -158,7 +161,7 @@ def run_config(run: RunConfig | dict | None) -> RunConfig:
         run = config_from_dict(RunConfig, dict(run or {}))
     for arch in run.eval_models:
         check_model(arch, "eval_models (--eval-models)")
-    return replace(run, eval_options=coerce_fields(Protocol, run.eval_options))
+    return replace(run, eval_options=coerce_fields(Protocol, run.eval_options), baselines=tuple(run.baselines))
 
 
 def run_identity(method: str, dataset: str, ipc: int, *, buffer: str | Path | None = None, buffers: Sequence = (),
@@ -278,6 +281,7 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
             remove_stale_temps(out_dir / "grids")  # the lock removed OUT's own; a killed run's grid temps too
     total = m.num_steps(run.iterations)
     start_it, best, history = 0, {"acc": -1.0, "it": -1}, []
+    spent = 0.0  # this process's step seconds (the logged sum, resumed processes included, when there is an OUT)
     best_set: Optional[SyntheticSet] = None
 
     if out_dir is not None and resume and (out_dir / ckpt).exists():
@@ -301,6 +305,7 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
             if not torch.isfinite(torch.tensor(float(loss))) and not skipped:
                 raise DistillationDiverged(f"{cls.name}: loss became {loss} at iteration {it}")
             metrics = {"it": it, **{k: float(v) for k, v in metrics.items()}, "sec": time.perf_counter() - t0}
+            spent += metrics["sec"]
             logger.log(metrics)
             bar.set_postfix(loss=f"{loss:.4f}")
             done = it + 1
@@ -347,17 +352,43 @@ def _distill(cls, mcfg, inputs: Inputs, full: ImageDataset, ipc: int, out, run: 
         _finalize_meta(final, identity, best, run, plan).save(out_dir / "final.safetensors")
         chosen.save(out_dir / "synset.safetensors")
         chosen.save_grid(out_dir / "synset.png")
+    # the report's budget: the steps' wall time, every resumed process's included; kept out of the saved files so
+    # identical runs still write identical bytes
+    chosen.meta["wall_seconds"] = logged_seconds(out_dir) if out_dir is not None else spent
     if run.eval_runs > 0:
         archs = list(run.eval_models) or [mcfg.model]
         report = build_report(chosen, archs, protocol, run.eval_runs, dataset=full, baselines=run.baselines,
                               full_epochs=run.full_epochs, device=dev, seed=seed, progress=run.progress,
-                              teacher=plan.teacher, labels=plan.labels)
+                              teacher=plan.teacher, labels=plan.labels, coreset_net=_coreset_net(run, inputs))
         if out_dir is not None:
             report.save(out_dir, stem="eval")
         logger.log({"it": total, **{f"test_acc/{r.name}/{r.arch}": r.mean for r in report.rows}})
         print(report.to_markdown())
     logger.close()
     return DistillResult(chosen, out_dir, report, history)
+
+
+def logged_seconds(out_dir: str | Path) -> Optional[float]:
+    """The wall time that made a run's set: the sum of its iterations' `sec` in OUT/metrics.jsonl (a resumed run
+    keeps each iteration once); validation, checkpoints and the final evaluation are not counted. None: no log."""
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _steps_seconds(rows)
+
+
+def _steps_seconds(rows: list) -> float:
+    return float(sum(r["sec"] for r in rows if "sec" in r))
+
+
+def _coreset_net(run: RunConfig, inputs: Inputs) -> Optional[str]:
+    """The network the coreset baselines read: run.coreset_net, else the run's first teacher, else its buffer."""
+    if run.coreset_net:
+        return run.coreset_net
+    if inputs.teachers:
+        return inputs.teachers[0].spec
+    return str(inputs.buffers[0].path) if inputs.buffers else None
 
 
 def _finalize_meta(s: SyntheticSet, identity: dict, best: dict, run: RunConfig, plan: Optional[EvalPlan] = None) -> SyntheticSet:
