@@ -133,6 +133,22 @@ def train_feature_network(dataset, device, seed: int = 0, arch: str = FEATURE_AR
     return model.eval()
 
 
+def check_network(spec: Optional[str], baselines, option: str = "--coreset-net") -> None:
+    """Refuses, before any work, a coreset network given without a coreset baseline (it would be ignored) or one that
+    cannot be opened as a teacher spec (DIR, DIR@E, a checkpoint, module:callable)."""
+    if spec is None:
+        return
+    if not set(SELECTIONS) & set(baselines):
+        raise ValueError(f"{option} is read by the herding, kcenter and forgetting baselines and this run has none: "
+                         "drop it or add --baseline herding|kcenter|forgetting")
+    from dd.teachers import open_teacher
+
+    try:
+        open_teacher(spec)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        raise ValueError(f"{option}: {e.args[0] if e.args else e}") from None
+
+
 class Selector:
     """Class-balanced coreset selections of one dataset's training split; embeddings and forgetting counts are
     computed once and shared by every selection (every architecture, protocol and run of a report).

@@ -26,8 +26,8 @@ FLAGS_ONLY = (argparse._StoreTrueAction, argparse.BooleanOptionalAction)  # noth
 INT_TYPES = {"positive_int", "non_negative_int", "seed_int", "int"}
 FLOAT_TYPES = {"positive_float", "non_negative_float", "float"}
 # destinations that name things (registries, devices, rows), files, directories, or KEY=VALUE lists
-NAMES = {"dataset", "method", "model", "models", "eval_models", "teacher_model", "protocol", "device", "rows",
-         "baseline"}
+NAMES = {"dataset", "method", "model", "models", "eval_models", "teacher_model", "protocol", "protocols", "device",
+         "rows", "baseline"}
 FILES = {"synset", "config", "spec"}
 DIRS = {"labels", "buffer", "data_root", "run_dir"}
 ASSIGNMENTS = {"sets", "protocol_options", "model_options"}
@@ -98,7 +98,7 @@ def kind_of(action: argparse.Action) -> str:
     dest = action.dest
     if dest == "out":
         return "out"
-    if dest == "teachers":
+    if dest in ("teachers", "coreset_net"):
         return "teacher"
     if dest == "lr_search":
         return "floats"

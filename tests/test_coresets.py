@@ -2,6 +2,7 @@
 the test split never read, report budgets equal to hand-computed tensor sizes, --protocols with both regimes."""
 import itertools
 import json
+import os
 import math
 
 import pytest
@@ -209,7 +210,8 @@ def test_protocols_hard_and_teacher_in_one_report(tmp_path, teacher_file):
     assert got == [("random-real", "hard"), ("herding", "hard"), ("random-real", "teacher"), ("herding", "teacher")]
     assert all(r["extra"]["image_bytes"] == 2 * 10 * 64 * 4 and r["extra"]["label_bytes"] == 2 * 10 * 8
                for r in rep["rows"])
-    assert rep["meta"]["coreset_network"] == str(teacher_file)  # herding read the teacher's features
+    # herding read the teacher's features (named relative to the report, like every path a report holds)
+    assert rep["meta"]["coreset_network"] == os.path.relpath(teacher_file, out)
     md = (out / "eval.md").read_text()
     assert "| herding | mlp | digits | 2 | hard |" in md and "| herding | mlp | digits | 2 | teacher |" in md
     assert "labels from teacher on every view (not stored): random-real (teacher), herding (teacher)" in md

@@ -88,6 +88,9 @@ def evaluate_set(synset, archs: Sequence[str], protocol, runs: int, *, group, da
                          "has none: drop --ipc or add --baseline random")
     if sampled and ipc is None and synset is None:
         raise ValueError(f"--baseline {sampled[0]} needs --ipc N")
+    from dd.coresets import check_network
+
+    check_network(coreset_net, baselines)
     name = dataset if dataset is not None else ((synset.meta.get("dataset") if synset else None) or DEFAULT_DATASET)
     zca = bool(synset.meta["zca"]) if synset is not None and "zca" in synset.meta else zca
     options = dict(data_options or {})

@@ -20,6 +20,7 @@ from dd.data import ImageDataset, base_name, load_dataset
 from dd.eval import Protocol, build_report, get_protocol, train_and_test
 from dd.eval.rules import EvalInputs
 from dd.eval.baselines import BASELINES
+from dd.coresets import check_network
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
 from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, coerce_fields,
@@ -161,6 +162,7 @@ def run_config(run: RunConfig | dict | None) -> RunConfig:
         run = config_from_dict(RunConfig, dict(run or {}))
     for arch in run.eval_models:
         check_model(arch, "eval_models (--eval-models)")
+    check_network(run.coreset_net, run.baselines, "coreset_net (--coreset-net)")
     return replace(run, eval_options=coerce_fields(Protocol, run.eval_options), baselines=tuple(run.baselines))
 
 
