@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
@@ -164,8 +164,8 @@ class NCFM(Method):
     name = "ncfm"
     Config = NCFMConfig
     buffers = (1, 1)
-    smoke = {"batch_real": 16, "num_freqs": 64, "psi_freqs": 8}
-    bookkeeping = frozenset({"expert", "lambda"})
+    smoke: ClassVar[dict] = {"batch_real": 16, "num_freqs": 64, "psi_freqs": 8}  # `ddtk reproduce --smoke` sizes
+    bookkeeping: ClassVar[frozenset] = frozenset({"expert", "lambda"})  # logged draws, not curves
 
     @classmethod
     def preset(cls, dataset: str, ipc: int) -> dict:
