@@ -1,0 +1,142 @@
+"""Seconds per iteration and peak memory of NCFM (with and without its sampling net) against DM and MTT, in one run.
+
+Same machine, dataset (mnist10k), distillation model (convnet-w32) and IPC for every method, each (method, IPC)
+in a fresh subprocess: peak memory is the resident set's high-water mark over the steps (Linux VmHWM, reset after
+setup) or torch.cuda.max_memory_allocated (CUDA). NCFM and MTT read one expert buffer (--buffer; a 1-expert, 3-epoch
+one is recorded once when it is missing: neither method's per-iteration cost depends on its contents). Every method
+runs its bench options (the experiments/*_mnist10k_ipc*.json configs: DM and NCFM 256 real images per class; MTT its
+presets for the IPC), so the ratios are those of the bench table's runs.
+
+    .venv/bin/python benchmarks/bench_ncfm.py [--ipcs 1,10] [--iters 3] [--device auto] [--md out.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import rss
+
+DATASET, MODEL = "mnist10k", "convnet-w32"
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_BUFFER = ROOT / "runs" / "bench_cache" / "mtt_buffer_mnist10k_convnet-w32"
+METHODS = {"dm": ("dm", {}), "mtt": ("mtt", {"max_start_epoch": 0}), "ncfm": ("ncfm", {}),
+           "ncfm+psi": ("ncfm", {"sampling_net": True})}
+
+
+def bench_options(name: str, ipc: int) -> dict:
+    """The method's options in the bench config for this IPC (experiments/<method>_mnist10k_ipc<ipc>.json), if any."""
+    method, extra = METHODS[name]
+    path = ROOT / "experiments" / f"{method}_{DATASET}_ipc{ipc}.json"
+    cfg = json.loads(path.read_text()) if path.exists() else {}
+    opts = {k: v for k, v in cfg.items() if k not in ("method", "dataset", "ipc", "run", "notes", "buffer", "teachers")}
+    return {**opts, "model": MODEL, **extra}
+
+
+def worker(name: str, ipc: int, iters: int, device: str, buffer: str) -> dict:
+    """Builds the method, one warm-up step, then `iters` timed steps; returns seconds/iteration and peak memory."""
+    import torch
+
+    from dd.data import load_dataset
+    from dd.methods import METHODS as REGISTRY
+    from dd.methods import build_method
+    from dd.utils import resolve_device
+
+    dev = resolve_device(device)
+    method = METHODS[name][0]
+    opts = bench_options(name, ipc)
+    if method == "mtt":
+        opts["max_start_epoch"] = 0  # the short timing buffer has epochs 0..3 only
+        opts["expert_epochs"] = min(int(opts.get("expert_epochs") or 2), 2)
+    needs_buffer = REGISTRY.get(method).buffers[0] > 0
+    m = build_method(method, load_dataset(DATASET), ipc, opts, buffers=[buffer] if needs_buffer else [], device=dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        rss.reset_peak()
+        base = rss.current_mib()
+    m.step(0)  # warm-up (allocator, lazy init); counted in the peak, not in the time
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for it in range(1, iters + 1):
+        m.step(it)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    sec = (time.perf_counter() - t0) / iters
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else rss.peak_mib()) - base
+    return {"method": name, "ipc": ipc, "sec_per_it": sec, "peak_mib": peak, "device": str(dev), "options": opts,
+            "memory": "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS over the steps minus RSS before"}
+
+
+def ensure_buffer(path: Path, device: str) -> Path:
+    """Records the small timing buffer once (reused by later runs, and shared with bench_datadam.py)."""
+    if (path / "manifest.json").exists():
+        return path
+    from dd.buffers.config import BufferConfig
+    from dd.buffers.recorder import record_buffer
+
+    print(f"recording a 1-expert, 3-epoch {MODEL} buffer on {DATASET} into {path} (once) ...", flush=True)
+    record_buffer(BufferConfig(dataset=DATASET, model=MODEL, experts=1, epochs=3), path, device=device, progress=False)
+    return path
+
+
+def measure(name: str, ipc: int, iters: int, device: str, buffer: Path) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--ipc", str(ipc), "--iters", str(iters), "--device", device,
+           "--buffer", str(buffer)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"{name} ipc {ipc} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def table(rows: dict, ipcs: list[int], iters: int) -> str:
+    first = rows[(ipcs[0], "ncfm")]
+    lines = [f"NCFM vs DM and MTT on {DATASET}, {MODEL}, device {first['device']}, {iters} timed iterations after one "
+             f"warm-up (peak memory: {first['memory']})", "",
+             "| IPC | method | s/it | peak MiB | s/it ratio NCFM/this | memory ratio NCFM/this |", "|---|---|---|---|---|---|"]
+    for ipc in ipcs:
+        ref = rows[(ipc, "ncfm")]
+        for name in METHODS:
+            r = rows[(ipc, name)]
+            lines.append(f"| {ipc} | {name} | {r['sec_per_it']:.3f} | {r['peak_mib']:.0f} | "
+                         f"{ref['sec_per_it'] / r['sec_per_it']:.2f} | {ref['peak_mib'] / max(r['peak_mib'], 1e-9):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ipcs", default="1,10")
+    p.add_argument("--iters", type=int, default=3, help="timed iterations per configuration (after one warm-up)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--buffer", default=str(DEFAULT_BUFFER), help="expert buffer of NCFM and MTT (recorded when missing)")
+    p.add_argument("--md", default=None, help="also write the table to this markdown file")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ipc", type=int, default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.ipc, a.iters, a.device, a.buffer)))
+        return 0
+    buffer = ensure_buffer(Path(a.buffer), a.device)
+    ipcs = [int(x) for x in a.ipcs.split(",")]
+    rows = {}
+    for ipc in ipcs:
+        for name in METHODS:
+            rows[(ipc, name)] = measure(name, ipc, a.iters, a.device, buffer)
+            print(json.dumps(rows[(ipc, name)]), flush=True)
+    text = table(rows, ipcs, a.iters)
+    print(text)
+    if a.md:
+        from dd.utils import atomic_write_text
+
+        atomic_write_text(a.md, text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
