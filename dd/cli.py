@@ -95,34 +95,27 @@ def _float_at_least(text: str, bound: float, strict: bool) -> float:
 
 def non_negative_int(text: str) -> int:
     """argparse type of counts where 0 means 'none' or 'never' (e.g. --eval-every, --data-workers)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
-    return value
+    return _int_between(text, 0, None, "a non-negative integer")
 
 
 def seed_int(text: str) -> int:
     """argparse type of --seed: an integer torch can seed with (0 <= seed < 2**63)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects an integer, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 2**63 - 1, got {value}")
-    return value
+    return _int_between(text, 0, 2**63 - 1, "an integer between 0 and 2**63 - 1")
 
 
 def positive_int(text: str) -> int:
     """argparse type of counts that must be at least 1 (e.g. --ipc): refused at parse time, naming the option."""
+    return _int_between(text, 1, None, "a positive integer")
+
+
+def _int_between(text: str, lo: int, hi: int | None, what: str) -> int:
+    """The integer `text` when lo <= it <= hi (hi None: no upper bound); else an ArgumentTypeError saying `what`."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expects {what}, got {text!r}") from None
+    if value < lo or (hi is not None and value > hi):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
     return value
 
 
