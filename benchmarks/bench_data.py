@@ -158,7 +158,7 @@ def child(task: dict) -> dict:
     import torch  # noqa: F401
 
     import dd.data  # noqa: F401  (what loading a dataset imports: the CIFAR runs import nothing more)
-    from dd.data.sources import DECODE_TOTALS
+    from dd.data.file_images import DECODE_TOTALS
 
     kind = task["kind"]
     if kind in ("eval", "buffer", "plain"):

@@ -140,12 +140,20 @@ def run_title(run_dir: Path) -> str:
 
 def run_bookkeeping(run_dir: Path) -> frozenset:
     """The metrics the run's method declares as bookkeeping (Method.bookkeeping), its name read from the run's
-    config.json; empty when the directory records no method or the method is not registered in this process."""
-    name = _run_record(run_dir).get("method")
+    config.json (a method defined outside dd/ is imported from the module it records); empty when the directory
+    records no method or the method cannot be found."""
+    record = _run_record(run_dir)
+    name, module = record.get("method"), record.get("method_module")
     if not isinstance(name, str):
         return frozenset()
     from dd.methods import METHODS
+    from dd.methods.driver import method_class
 
+    if name not in METHODS and isinstance(module, str):
+        try:
+            method_class(f"{module}:{name}")  # importing the module registers the method
+        except KeyError:
+            return frozenset()
     return frozenset(METHODS.get(name).bookkeeping) if name in METHODS else frozenset()
 
 

@@ -139,9 +139,9 @@ def test_folder_tree_in_memory_and_file_backed_read_the_same_images(tree, mem):
 
 
 def test_batches_are_assembled_from_decoded_chunks(tree, mem, bad_tree, monkeypatch):
-    from dd.data import sources
+    from dd.data import file_images
 
-    monkeypatch.setattr(sources, "DECODE_CHUNK", 2)  # workers decode 2 images at a time; batches of 5 from 3 chunks
+    monkeypatch.setattr(file_images, "DECODE_CHUNK", 2)  # workers decode 2 images at a time; batches of 5 from 3 chunks
     fb = files(tree)
     order = torch.randperm(len(fb.train), generator=torch.Generator().manual_seed(1))
     for reuse in (False, True):
@@ -418,7 +418,7 @@ def test_skipping_unreadable_files_file_backed(tmp_path, bad_tree):
 
 def test_image_sources_pickle_for_worker_processes(tree):
     """Spawned workers (not only forked ones) get the index: the worker dataset pickles without Python objects per file."""
-    from dd.data.sources import _DecodeDataset
+    from dd.data.file_images import _DecodeDataset
 
     fb = files(tree)
     d = pickle.loads(pickle.dumps(_DecodeDataset(fb.train.root, fb.train.rel, 16, "center")))

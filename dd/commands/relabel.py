@@ -21,6 +21,8 @@ def add_parser(sub, name):
 
 def run(args) -> int:
     from dd.commands.eval import protocol_from_args
+    from dd.eval.protocol import protocol_rule
+    from dd.eval.rules import Teacher
     from dd.eval.run import teacher_for
     from dd.cli import data_options
     from dd.data import load_dataset
@@ -40,9 +42,10 @@ def run(args) -> int:
         raise ValueError("ddtk relabel needs --epochs E (how many epochs of views to store; training cycles through them)")
     synset = SyntheticSet.load(args.synset)
     protocol = protocol_from_args(args, (synset.meta.get("evaluation") or {}).get("protocol") or "teacher")
-    if protocol.labels != "teacher":
-        raise ValueError(f"the set is scored under the '{protocol.name}' protocol but stored labels are teacher labels: "
-                         "pass --protocol teacher (with --teacher SPEC if the set records no teacher)")
+    if not isinstance(protocol_rule(protocol.labels), Teacher):  # the teacher protocol or a user's subclass of it
+        raise ValueError(f"the set is scored under the '{protocol.name}' protocol but stored labels are teacher labels "
+                         "(the views and loss of the teacher protocol): pass --protocol teacher (with --teacher SPEC "
+                         "if the set records no teacher)")
     dataset = load_dataset(synset.meta["dataset"], root=args.data_root, zca=bool(synset.meta.get("zca")),
                            **options_for_set(synset.meta["dataset"], synset.meta, data_options(args)))
     teacher = teacher_for(args.teachers, args.teacher_model, synset, dataset, device)

@@ -3,7 +3,7 @@
 `load_dataset("mnist10k")` works with no setup; other names read torchvision's on-disk formats, Tiny-ImageNet's
 folder layout or an ImageNet tree under `root`; `folder:PATH` reads any ImageFolder tree PATH/{train,val}/<class>/*
 and `package.module:callable` calls a user's loader (like user models). Small datasets are held in memory as
-uint8 and normalized per batch; large image trees are file-backed (see dd.data.sources).
+uint8 and normalized per batch; large image trees are file-backed (see dd.data.file_images).
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from dd.data.base import (BadImageError, DatasetNotFoundError, ImageDataset, Rea
                           stratified_split)
 from dd.data.registry import DATASETS, DatasetEntry, data_root, register_dataset
 from dd.registry import call_user, import_callable
-from dd.data.sources import FileImages, ImageSource, TensorImages, Uint8Images
+from dd.data.file_images import FileImages
+from dd.data.sources import ImageSource, TensorImages, Uint8Images
 from dd.data import embedded as _embedded  # noqa: F401  (registers mnist10k, digits)
 from dd.data import folders as _folders  # noqa: F401  (tinyimagenet, imagenet and MTT's subsets)
 from dd.data import torchvision_formats as _tv  # noqa: F401  (mnist, fashion-mnist, svhn, cifar10, cifar100)

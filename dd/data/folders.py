@@ -5,7 +5,7 @@ Images are decoded with PIL and center-resized (or stretched) to a square resolu
 pixels (train + test, uint8) fit in `file_backed_above_mib` MiB (default 2048) is decoded once and kept in memory as
 uint8 (Tiny-ImageNet: 1.35 GB; a 10-class subset at 128 px: 0.6 GB); a larger one (ImageNet-1K: 1.28M images, 15.7
 GB at 64 px and 193 GB at 224 px) is file-backed: an index of paths and labels whose images are decoded on demand
-in DataLoader worker processes (dd.data.sources.FileImages), so memory does not grow with the number of images.
+in DataLoader worker processes (dd.data.file_images.FileImages), so memory does not grow with the number of images.
 A truncated or unreadable file is reported by path and class; `skip_bad_images=True` leaves such files out instead.
 """
 from __future__ import annotations
@@ -19,8 +19,9 @@ import torch
 
 from dd.data.base import DatasetNotFoundError, ImageDataset
 from dd.data.registry import TREE_OPTIONS, DatasetEntry, absent, data_root, register_dataset
-from dd.data import sources
-from dd.data.sources import FileImages, Uint8Images
+from dd.data import file_images
+from dd.data.file_images import FileImages
+from dd.data.sources import Uint8Images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,9 +70,9 @@ SUBSETS: dict[str, list[tuple[str, str]]] = {
 # ---------------------------------------------------------------- decoding and indexing
 
 def load_image(path: Path, res: int, resize: str = "center") -> np.ndarray:
-    """One image as uint8 (res, res, 3) RGB (see dd.data.sources.load_image); a bad file raises DatasetNotFoundError."""
+    """One image as uint8 (res, res, 3) RGB (see dd.data.file_images.load_image); a bad file raises DatasetNotFoundError."""
     try:
-        return sources.load_image(path, res, resize)
+        return file_images.load_image(path, res, resize)
     except OSError as e:
         raise DatasetNotFoundError(f"cannot decode image {path}: {e}") from e
 

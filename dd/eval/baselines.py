@@ -40,7 +40,9 @@ def label_source(labels: torch.Tensor, protocol, stored=None) -> str:
     """Where a row's training targets come from, in words."""
     if stored is not None:
         return f"stored teacher labels ({stored.path})"
-    if protocol.labels == "teacher":
+    from dd.eval.protocol import protocol_rule
+
+    if protocol_rule(protocol.labels).needs_teacher:
         return "teacher on every view (not stored)"
     if labels.ndim == 2 and protocol.labels == "soft":
         return "soft labels"

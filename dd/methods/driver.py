@@ -79,7 +79,7 @@ def identity(cls: type, mcfg, inputs: Inputs, dataset: str | ImageDataset, ipc: 
     """What must match for a checkpoint to be resumed (cadence and iteration count may change): the one function
     behind `distill` (a loaded dataset: its name and size) and `run_identity` (a name, unread: its size from the
     data options). `image_size` only for datasets read at a chosen resolution (image trees), so other checkpoints
-    keep their identity."""
+    keep their identity; `method_module` only for a method defined outside dd/ (`ddtk plot` imports it from there)."""
     from dd.data import resolution
 
     if isinstance(dataset, ImageDataset):
@@ -92,7 +92,8 @@ def identity(cls: type, mcfg, inputs: Inputs, dataset: str | ImageDataset, ipc: 
         image_size = [res, res] if res is not None else None
     keep = {"val_fraction", "val_epochs", "val_runs"}
     hashes = inputs.hashes()
-    return to_jsonable({"method": cls.name, "dataset": name, "ipc": ipc, "seed": seed, "config": asdict(mcfg),
+    outside = {} if cls.__module__.split(".")[0] == "dd" else {"method_module": cls.__module__}  # where it registers
+    return to_jsonable({"method": cls.name, **outside, "dataset": name, "ipc": ipc, "seed": seed, "config": asdict(mcfg),
                         "run": {k: v for k, v in asdict(run).items() if k in keep}, "inputs": hashes,
                         "buffer_sha256": hashes["buffers"][0]["sha256"] if hashes["buffers"] else None,
                         **({"processes": world} if world > 1 else {}),

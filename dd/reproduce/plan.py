@@ -292,7 +292,7 @@ def input_present(spec: str) -> bool:
 def missing_inputs(rows: list[Row], ctx: Context) -> list[str]:
     """Every dataset directory and external teacher/buffer file the rows need and this machine lacks, one line
     each, naming the rows that need it (nothing is loaded)."""
-    from dd.data import DATASETS, missing_files
+    from dd.data import dataset_entry, missing_files
 
     needs: dict[str, list[str]] = {}
     for row in rows:
@@ -303,7 +303,7 @@ def missing_inputs(rows: list[Row], ctx: Context) -> list[str]:
     for name, ids in needs.items():
         absent = missing_files(name, ctx.data_root)
         if absent:
-            lines.append(f"dataset {name} ({DATASETS.help(name)}): missing {', '.join(absent)}; needed by "
+            lines.append(f"dataset {name} ({dataset_entry(name).help}): missing {', '.join(absent)}; needed by "
                          f"{', '.join(dict.fromkeys(ids))}; put it there or pass --data-root")
     absent_inputs: dict[str, list[str]] = {}
     for row in rows:
