@@ -269,7 +269,8 @@ def test_command_line_recover_relabel_and_evaluate_with_stored_labels(teacher_di
                  "--out", str(tmp_path / "ev")]) == 0
     md = (tmp_path / "ev" / "eval.md").read_text()
     stored = StoredLabels(labels)
-    assert f"labels {stored.nbytes:,} bytes" in md and "images 2,560 bytes" in md and "| teacher | 3 | 1 |" in md
+    # the budget columns: image bytes, then the stored label files' bytes
+    assert f"| 2,560 | {stored.nbytes:,} |" in md and "| teacher | 3 | 1 |" in md
     row = json.loads((tmp_path / "ev" / "eval.json").read_text())["rows"][0]
     assert row["protocol"]["batch_size"] == 4 and (tmp_path / "ev" / row["extra"]["labels"]).resolve() == labels
     assert str(tmp_path) not in (tmp_path / "ev" / "eval.json").read_text()  # paths relative to the report

@@ -48,10 +48,9 @@ class Report:
             notes.append(f"lr chosen per architecture from {candidates} on a validation split "
                          f"({searched[0].extra['lr_search_split']}), never the test split: {chosen}; the full-data "
                          "baseline keeps the protocol lr")
-        protocols = {r.protocol.get("name") for r in self.rows}
-        if "teacher" in protocols:
-            p = next(r.protocol for r in self.rows if r.protocol.get("name") == "teacher")
-            notes.append(f"teacher protocol: KL x T^2 with T={p['temperature']}, {p['optimizer']} lr {p['lr']} wd "
+        taught = {r.protocol.get("name"): r.protocol for r in self.rows if _needs_teacher(r.protocol)}
+        for name, p in taught.items():  # every protocol that distils a teacher (a user's too), once each
+            notes.append(f"{name} protocol: KL x T^2 with T={p['temperature']}, {p['optimizer']} lr {p['lr']} wd "
                          f"{p['weight_decay']}, {p['schedule']} schedule, batch {p['batch_size']}, crop scale "
                          f"{tuple(p['crop_scale'])}, mix {p['mix']}, teacher BN {p['teacher_bn']}")
         return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
@@ -95,3 +94,13 @@ def _budget_cells(extra: dict) -> str:
     made = extra.get("made_seconds")
     return (f" {extra['image_bytes']:,} | {extra['label_bytes']:,}{over} | "
             f"{'—' if made is None else f'{made:.1f}'} |")
+
+
+def _needs_teacher(protocol: dict) -> bool:
+    """Does the protocol a row records train from a teacher (its registered rule says so; unknown: no)?"""
+    from dd.eval.protocol import protocol_rule
+
+    try:
+        return protocol_rule(protocol.get("labels", "hard")).needs_teacher
+    except (KeyError, ValueError):
+        return False
