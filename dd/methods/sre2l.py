@@ -50,6 +50,14 @@ class CDAConfig(SRe2LConfig):
     milestone: float = 1.0  # fraction of each batch's iterations over which the scale anneals
 
 
+def model_from_teacher(values: dict, inputs) -> dict:
+    """`values` with `model` (the report's default architecture) set to the first teacher's when the user gave none."""
+    values = dict(values)
+    if "model" not in values and inputs.teachers and inputs.teachers[0].arch and not inputs.teachers[0].arch_options:
+        values["model"] = inputs.teachers[0].arch
+    return values
+
+
 def batch_plan(num_classes: int, ipc: int, batch_classes: int) -> list[tuple[int, list[int]]]:
     """Every batch as (IPC index, its classes): IPC index outer, blocks of `batch_classes` classes inner."""
     if batch_classes < 1:
@@ -72,10 +80,7 @@ class SRe2L(Method):
     @classmethod
     def resolve_config(cls, values, dataset, ipc, inputs):
         """As every method; the distillation `model` (the report's default architecture) is the teacher's."""
-        values = dict(values)
-        if "model" not in values and inputs.teachers and inputs.teachers[0].arch and not inputs.teachers[0].arch_options:
-            values["model"] = inputs.teachers[0].arch
-        return super().resolve_config(values, dataset, ipc, inputs)
+        return super().resolve_config(model_from_teacher(values, inputs), dataset, ipc, inputs)
 
     def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
         super().__init__(config, dataset, ipc, device, generator, inputs, group)
