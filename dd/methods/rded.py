@@ -36,7 +36,7 @@ from dd.eval.views import draw_crops
 from dd.methods.base import EvalPlan, Method, MethodConfig
 from dd.methods.registry import METHODS
 from dd.methods.sre2l import model_from_teacher
-from dd.synset import SyntheticSet
+from dd.synset import SyntheticSet, dataset_extra, dataset_meta
 
 SCORE_CHUNK = 64  # candidate images (x num_crop crops) per teacher forward pass; the selection does not depend on it
 SQUARE = (1.0, 1.0)  # RDED's crops are square (ratio=(1, 1))
@@ -45,11 +45,11 @@ _CODE = "LINs-lab/RDED"
 PRESETS = {  # dataset -> (options, source)
     "cifar10": ({"factor": 1, "mipc": 300, "num_crop": 5}, f"{_CODE} scripts/cifar10_10ipc_conv3_to_conv3_cr5.sh"),
     "cifar100": ({"factor": 1, "mipc": 300, "num_crop": 5}, f"{_CODE} scripts/cifar100_10ipc_conv3_to_conv3_cr5.sh"),
-    "tinyimagenet": ({"factor": 1, "mipc": 300, "num_crop": 5},
-                     f"{_CODE} scripts/tinyimagenet_{{10,50}}ipc_*_cr5.sh"),
-    "imagenet": ({"factor": 2, "mipc": 300, "num_crop": 5}, f"{_CODE} scripts/imagenet-1k_10ipc_resnet-18_to_resnet-18_cr5.sh"),
+    "tinyimagenet": ({"factor": 1, "mipc": 300, "num_crop": 5}, f"{_CODE} scripts/tinyimagenet_{{10,50}}ipc_*_cr5.sh"),
+    "imagenet": ({"factor": 2, "mipc": 300, "num_crop": 5},
+                 f"{_CODE} scripts/imagenet-1k_10ipc_resnet-18_to_resnet-18_cr5.sh"),
     "mnist10k": ({"factor": 1, "mipc": 300, "num_crop": 5}, "dd's choice at 28 px (experiments/rded_results.md)"),
-    "digits": ({"factor": 1, "mipc": 100, "num_crop": 5}, "dd's choice at 8 px (module docstring); ~144 images per class"),
+    "digits": ({"factor": 1, "mipc": 100, "num_crop": 5}, "dd's choice at 8 px; ~144 images a class"),
 }
 
 
@@ -119,9 +119,9 @@ def stitch(crops: torch.Tensor, factor: int, n: int, hw: tuple[int, int]) -> tor
     return out
 
 
-@METHODS.register("rded", help="realistic and diverse crops of real images selected by a teacher, stitched (Sun et al. 2024); needs --teacher")
+@METHODS.register("rded", help="teacher-selected real crops, stitched (Sun et al. 2024); needs --teacher")
 class RDED(Method):
-    """Selects each class's most teacher-recognizable real crops and stitches them; scored under the teacher protocol."""
+    """Selects each class's most teacher-recognizable real crops and stitches them; scored by the teacher protocol."""
 
     name = "rded"
     Config = RDEDConfig
@@ -160,9 +160,9 @@ class RDED(Method):
         for k in range(dataset.num_classes):
             pool = min(c.mipc, self.real.count(k))
             if pool < self.keep:
-                raise ValueError(f"rded keeps ipc x factor^2 = {self.keep} crops per class (one per candidate image) but "
-                                 f"class {k} has {pool} candidates (mipc {c.mipc}, {self.real.count(k)} training images); "
-                                 "lower ipc or factor, or raise mipc")
+                raise ValueError(f"rded keeps ipc x factor^2 = {self.keep} crops per class (one per candidate image) "
+                                 f"but class {k} has {pool} candidates (mipc {c.mipc}, {self.real.count(k)} training "
+                                 "images); lower ipc or factor, or raise mipc")
         self.side = h // c.factor
         self.source = self.inputs.teachers[0]
         self.teacher = self.source.module(dataset, device).eval()
@@ -170,12 +170,14 @@ class RDED(Method):
         self.labels_dir: Optional[str] = None
 
     def init_synset(self) -> SyntheticSet:
-        s = SyntheticSet.from_noise(self.dataset, self.ipc, torch.Generator().manual_seed(0), method=self.name)
-        s.meta.update({"init": "real", "factor": self.config.factor, "crop_side": self.side})
-        self._template = s
-        self.images = torch.zeros_like(s.images)  # a class's images appear when its step selects them
-        self.done = torch.zeros(self.dataset.num_classes, dtype=torch.bool)
-        return s
+        d = self.dataset
+        labels = torch.arange(d.num_classes).repeat_interleave(self.ipc)
+        self.images = torch.zeros(len(labels), d.channels, *d.image_size)  # a class appears when its step selects it
+        self.done = torch.zeros(d.num_classes, dtype=torch.bool)
+        meta = dataset_meta(d, ipc=self.ipc, init="real", method=self.name, factor=self.config.factor,
+                            crop_side=self.side)
+        self._template = SyntheticSet(self.images, labels, d.num_classes, meta=meta, extra=dataset_extra(d))
+        return self.current_set()
 
     def num_steps(self, iterations: int) -> int:
         """One step per class: the selection is one pass, `iterations` does not apply (see the module docstring)."""
@@ -219,9 +221,9 @@ class RDED(Method):
         if epochs > 0 and out is not None:
             from dd.eval.labels import relabel
 
-            path = relabel(synset.images, self.teacher, protocol, epochs, out / "labels", seed=self.base_seed % (2**31),
-                           topk=self.config.relabel_topk, flip=self.dataset.flip_ok, teachers=[self.source.describe()],
-                           device=self.device)
+            path = relabel(synset.images, self.teacher, protocol, epochs, out / "labels",
+                           seed=self.base_seed % (2**31), topk=self.config.relabel_topk, flip=self.dataset.flip_ok,
+                           teachers=[self.source.describe()], device=self.device)
             self.labels_dir = str(path)
         return synset
 
