@@ -9,7 +9,7 @@ sorted crop k * ipc + i. Labels: the teacher's soft labels on views of the stitc
 crops and CutMix label each region), stored like `ddtk relabel` labels (`relabel_epochs`) or made on the fly.
 
 Settings from the public code (LINs-lab/RDED): mipc 300 and num_crop 5 in every script (`scripts/*.sh`); factor 1
-for CIFAR-10/100 and Tiny-ImageNet, 2 for ImageNet-1K (the same scripts; the paper's 2x2 figure is ImageNet's);
+for CIFAR-10/100 and Tiny-ImageNet, 2 for ImageNet-1K (the same scripts);
 crops `RandomResizedCrop(res // factor, ratio=(1, 1))`, default scale, antialiased bilinear resize
 (`synthesize/utils.py` MultiRandomCrop); padding, selection and stitching as above (`selector`, `mix_images`; a
 slot one pixel larger when res % factor != 0 takes its crop resized by nearest neighbour, as there).
