@@ -53,12 +53,13 @@ class EpochViews:
         return cls(*(t[k] for k in FIELDS), batch_size=batch_size, mix=mix)
 
 
-def draw_crops(n: int, hw: tuple[int, int], scale: tuple[float, float], g: torch.Generator, tries: int = 10) -> torch.Tensor:
+def draw_crops(n: int, hw: tuple[int, int], scale: tuple[float, float], g: torch.Generator, tries: int = 10,
+               ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
     """(n, 4) int boxes (top, left, height, width) drawn as torchvision's RandomResizedCrop.get_params."""
     h_img, w_img = hw
     area = h_img * w_img
     target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, tries, generator=g, dtype=torch.float64))
-    log_lo, log_hi = math.log(3 / 4), math.log(4 / 3)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, tries, generator=g, dtype=torch.float64))
     w = torch.round(torch.sqrt(target * ratio)).long()
     h = torch.round(torch.sqrt(target / ratio)).long()

@@ -10,6 +10,7 @@ from dd.methods import datadam as _datadam  # noqa: F401
 from dd.methods import sre2l as _sre2l  # noqa: F401  (sre2l, cda)
 from dd.methods import cvdd as _cvdd  # noqa: F401
 from dd.methods import ncfm as _ncfm  # noqa: F401
+from dd.methods import rded as _rded  # noqa: F401
 
 __all__ = ["METHODS", "DistillResult", "DistillationDiverged", "EvalPlan", "Inputs", "Method", "MethodConfig", "RunConfig",
            "build_method", "distill", "prepare"]

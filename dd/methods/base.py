@@ -80,6 +80,7 @@ class Method:
     teachers: ClassVar[tuple[int, Optional[int]]] = (0, 0)  # teachers it reads
     shardable: ClassVar[bool] = False  # step() may run under torchrun, each rank on its share (see num_steps)
     partial_sets: ClassVar[bool] = False  # current_set() mid-run is partly unoptimized: validate only at the end
+    model_from_teacher: ClassVar[bool] = False  # an unset option `model` is the first teacher's architecture
     # option -> small value `ddtk reproduce --smoke` shrinks it to (min with the configured value), for its own fields
     smoke: ClassVar[dict] = {}
     # metrics step() logs that are not worth a curve in `ddtk plot` (flags, draws); it, sec, val_acc are always left out
@@ -110,7 +111,12 @@ class Method:
 
     @classmethod
     def resolve_config(cls, values: dict[str, Any], dataset: str, ipc: int, inputs: Inputs) -> MethodConfig:
-        """user/config-file values > the preset for (dataset, ipc) > the dataclass defaults, as one typed config."""
+        """user/config-file values > the preset for (dataset, ipc) > the dataclass defaults, as one typed config;
+        with `model_from_teacher`, an unset `model` is the first teacher's architecture (before the preset's)."""
+        values = dict(values)
+        first = inputs.teachers[0] if inputs.teachers else None
+        if cls.model_from_teacher and "model" not in values and first and first.arch and not first.arch_options:
+            values["model"] = first.arch
         return config_from_dict(cls.Config, {**cls.preset(dataset, ipc), **values})
 
     # -- loop length and phases after the loop -----------------------------------------------------

@@ -81,15 +81,6 @@ class SRe2L(Method):
     crop_curriculum: ClassVar[bool] = False
     per_member_metrics: ClassVar[bool] = False  # log each voter's CE and BN terms under its architecture (CV-DD)
 
-    @classmethod
-    def resolve_config(cls, values, dataset, ipc, inputs):
-        """As every method; with model_from_teacher, an unset `model` is the teacher's architecture."""
-        values = dict(values)
-        first = inputs.teachers[0] if inputs.teachers else None
-        if cls.model_from_teacher and "model" not in values and first and first.arch and not first.arch_options:
-            values["model"] = first.arch
-        return super().resolve_config(values, dataset, ipc, inputs)
-
     def __init__(self, config, dataset, ipc, device, generator, inputs=None, group=None):
         super().__init__(config, dataset, ipc, device, generator, inputs, group)
         c = config
