@@ -260,6 +260,14 @@ def distill_kwargs(row: Row, ctx: Context, restart: bool = False) -> dict:
                 seed=row.seed, data_root=ctx.data_root or None, resume=not restart, data_options={})
 
 
+def distill_plan(row: Row, ctx: Context, restart: bool = False, verify: str = "open"):
+    """The row's dd.methods.RunPlan (its config resolved with its real inputs, its identity computed once), made
+    from distill_kwargs; verify='lazy' reads the buffers' manifests only (enough for the identity)."""
+    from dd.methods.plan import make_plan
+
+    return make_plan(**distill_kwargs(row, ctx, restart), verify=verify)
+
+
 def eval_kwargs(row: Row, ctx: Context, recorded=None) -> dict:
     """The keyword arguments of dd.eval.run.evaluate_set for a row (what `ddtk eval` makes of eval_argv), the set
     aside; `recorded`: the protocol the set records (used when the row names none)."""
