@@ -43,7 +43,8 @@ class DistillResult:
 def run_finished(out: str | Path, identity: dict, run: RunConfig | dict | None) -> bool:
     """Does `out` hold the finished set of the run with this identity (see run_identity) and run options: its
     config.json is the identity, and its set's metadata records the same method, data, inputs, config and run
-    options (CADENCE aside)?"""
+    options (CADENCE aside)? A run option the set does not record (added to RunConfig after it was made) counts as
+    its default, which is how that set was made."""
     from dd.synset import read_header
 
     out = Path(out)
@@ -55,7 +56,8 @@ def run_finished(out: str | Path, identity: dict, run: RunConfig | dict | None) 
     meta = json.loads(header.get("meta", "{}"))
     same = all(meta.get(k) == identity[k] for k in ("method", "ipc", "seed", "config", "inputs", "dataset"))
     wanted = {k: v for k, v in to_jsonable(asdict(run_config(run))).items() if k not in CADENCE}
-    return same and {k: v for k, v in (meta.get("run") or {}).items() if k not in CADENCE} == wanted
+    recorded = {**to_jsonable(asdict(RunConfig())), **(meta.get("run") or {})}
+    return same and {k: v for k, v in recorded.items() if k not in CADENCE} == wanted
 
 
 def checkpoint_identity(path: str | Path) -> Optional[dict]:
