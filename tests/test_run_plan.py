@@ -63,3 +63,25 @@ def test_a_set_made_before_a_run_option_existed_counts_it_as_its_default(tmp_pat
     old.meta["run"]["full_epochs"] = 7  # a recorded option that differs still differs
     old.save(path)
     assert not run_finished(plan.out, plan.identity, plan.run)
+
+
+def test_a_reproduce_row_resolves_its_model_with_its_real_teacher(tmp_path):
+    """SRe2L's model is its teacher's architecture: a row with no eval architectures is scored on it and its plan
+    distils with it (before, the row was resolved a second time without its inputs and got the preset's model)."""
+    from dd.buffers import record_buffer
+    from dd.buffers.config import BufferConfig
+    from dd.reproduce import Context, load_spec
+    from dd.reproduce.plan import distill_plan, row_eval
+
+    teacher = tmp_path / "teacher"
+    record_buffer(BufferConfig(dataset="digits", model="mlp-bn", experts=1, epochs=1, batch_size=256), teacher,
+                  device="cpu", progress=False, log=lambda s: None)
+    row = {"id": "s", "method": "sre2l", "dataset": "digits", "ipc": 1, "teachers": [str(teacher)],
+           "paper": {"value": 1.0, "source": "somewhere"}}
+    (tmp_path / "spec.json").write_text(json.dumps({"kind": "paper", "rows": [row]}))
+    spec = load_spec(tmp_path / "spec.json")
+    ctx = Context(spec, tmp_path / "out")
+    assert row_eval(spec.rows[0], False).archs != ("mlp-bn",)  # the preset's model: no inputs to read
+    assert row_eval(spec.rows[0], False, ctx).archs == ("mlp-bn",)
+    plan = distill_plan(spec.rows[0], ctx, verify="lazy")
+    assert plan.config.model == "mlp-bn" and plan.run.eval_models == ("mlp-bn",)

@@ -45,7 +45,7 @@ def ensure_distill(row: Row, ctx: Context, state: State) -> dict:
     if status == "reuse":
         ctx.log(f"[{row.id}] distill reused: {why}")
         return {**(state.get("rows", row.id, "distill") or {}), "status": "reused"}
-    cfg = distill_config(row, ctx.smoke)
+    cfg = distill_config(row, ctx.smoke, ctx)
     atomic_write_text(ctx.distill_config_path(row), json.dumps(cfg, indent=2) + "\n")
     plan = distill_plan(row, ctx, restart=status == "restart")  # its identity is the one config.json will hold
     state.put({"identity": sha256_json(plan.identity), "iterations": plan.run.iterations},
