@@ -55,10 +55,10 @@ CADENCE = frozenset({"checkpoint_minutes", "checkpoint_every", "progress", "wand
 
 def identity(cls: type, mcfg, inputs: Inputs, dataset: str | ImageDataset, ipc: int, seed: int, run: RunConfig, *,
              world: int = 1, data_options: Optional[dict] = None) -> dict:
-    """What must match for a checkpoint to be resumed (cadence and iteration count may change): the one function
-    behind `distill` (a loaded dataset: its name and size) and `run_identity` (a name, unread: its size from the
-    data options). `image_size` only for datasets read at a chosen resolution (image trees), so other checkpoints
-    keep their identity."""
+    """What must match for a checkpoint to be resumed (cadence and iteration count may change), called by make_plan
+    only: for a given ImageDataset its name and size, for a name (unread) its size from the data options.
+    `image_size` only for datasets read at a chosen resolution (image trees), so other checkpoints keep their
+    identity."""
     from dd.data import resolution
 
     if isinstance(dataset, ImageDataset):
