@@ -106,9 +106,10 @@ def read_config(path: str) -> dict:
 
 
 def distill_arguments(args, config_data: dict | None = None) -> dict:
-    """The keyword arguments of `dd.methods.distill` that parsed `ddtk distill` options mean: command line >
-    --config file > defaults. `config_data` stands in for the --config file's content when the caller already holds
-    it (`ddtk reproduce` checks a run against its artifacts before it writes the file). `args` is not modified."""
+    """The keyword arguments of `dd.methods.distill` and `make_plan` that parsed `ddtk distill` options mean:
+    command line > --config file > defaults. `config_data` stands in for the --config file's content when the caller
+    already holds it (`ddtk reproduce` checks a run against its artifacts before it writes the file). `args` is not
+    modified."""
     from dd.cli import data_options
     from dd.utils import parse_assignments
 
@@ -158,11 +159,11 @@ def distill_arguments(args, config_data: dict | None = None) -> dict:
 
 
 def run(args) -> int:
-    from dd.methods import distill
+    from dd.methods import make_plan, run_plan
 
-    kwargs = distill_arguments(args)
-    res = distill(**kwargs)
-    out = Path(kwargs["out"])
+    plan = make_plan(**distill_arguments(args))  # everything resolved and checked before any data is read
+    res = run_plan(plan)
+    out = plan.out
     report = f" and {out / 'eval.md'}" if res.report is not None else " (no report: eval_runs is 0)"
     print(f"wrote {out / 'synset.safetensors'}, {out / 'synset.png'}{report}")
     return 0

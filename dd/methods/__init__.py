@@ -1,7 +1,7 @@
 """Synthesizers: one module per method, registered by name; `distill()` runs any of them."""
 from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method, MethodConfig
 from dd.methods.registry import METHODS
-from dd.methods.driver import DistillResult, RunConfig, build_method, distill, prepare
+from dd.methods.driver import DistillResult, RunConfig, RunPlan, build_method, distill, make_plan, prepare, run_plan
 from dd.methods import dm as _dm  # noqa: F401  (each import registers a method)
 from dd.methods import mtt as _mtt  # noqa: F401
 from dd.methods import ftd as _ftd  # noqa: F401
@@ -13,4 +13,4 @@ from dd.methods import ncfm as _ncfm  # noqa: F401
 from dd.methods import rded as _rded  # noqa: F401
 
 __all__ = ["METHODS", "DistillResult", "DistillationDiverged", "EvalPlan", "Inputs", "Method", "MethodConfig", "RunConfig",
-           "build_method", "distill", "prepare"]
+           "RunPlan", "build_method", "distill", "make_plan", "prepare", "run_plan"]

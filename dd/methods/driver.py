@@ -9,61 +9,27 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from dd.data import ImageDataset, base_name, load_dataset
-from dd.eval import Protocol, build_report, get_protocol, train_and_test
+from dd.data import ImageDataset, load_dataset
+from dd.eval import build_report, get_protocol, train_and_test
 from dd.eval.rules import EvalInputs
-from dd.eval.baselines import BASELINES
-from dd.coresets import check_network
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
-from dd.methods.base import (DistillationDiverged, EvalPlan, Inputs, Method, check_input_counts, coerce_fields,
-                             config_from_dict)
-from dd.methods.registry import METHODS
-from dd.models import check_model
+from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method
+# the plan's names, also importable from here (their home before the plan had a module of its own)
+from dd.methods.plan import (CADENCE, RunConfig, RunPlan, check_inputs, make_plan,  # noqa: F401
+                             method_class, open_inputs, resolve, run_config, run_identity)
 from dd.synset import SyntheticSet
-from dd.utils import (atomic_write_bytes, atomic_write_text, check_ipc, dict_diff, read_safetensors, remove_stale_temps,
+from dd.utils import (atomic_write_bytes, atomic_write_text, dict_diff, read_safetensors, remove_stale_temps,
                       resolve_device, safetensors_bytes, safetensors_header, sha256_bytes, to_jsonable, versions)
-from dd.validate import check_dataclass, rule
 
 CHECKPOINT = "checkpoint.safetensors"
-
-
-@dataclass
-class RunConfig:
-    """The driver's options (the method's own live in its Config)."""
-
-    # outer iterations (per batch of images for methods that recover batch by batch)
-    iterations: int = field(default=1000, metadata=rule(ge=1))
-    # validate every N iterations (0: never; the final set is then the last one)
-    eval_every: int = field(default=100, metadata=rule(ge=0))
-    val_fraction: float = field(default=0.1, metadata=rule(ge=0, lt=1))  # carved, stratified, from the training split
-    val_epochs: int = field(default=300, metadata=rule(ge=1))
-    val_runs: int = field(default=1, metadata=rule(ge=1))
-    eval_models: tuple[str, ...] = ()  # architectures of the final report (default: the method's model)
-    # epochs of the final report (None: the protocol's own, 1000 hard / 300 teacher)
-    eval_epochs: Optional[int] = field(default=None, metadata=rule(ge=1))
-    eval_runs: int = field(default=5, metadata=rule(ge=0))  # 0: no final report
-    eval_options: dict = field(default_factory=dict)  # other Protocol fields of the final report (e.g. temperature)
-    # scored beside the set, under its protocol and teacher
-    baselines: tuple[str, ...] = field(default=("random", "full"), metadata=rule(choices=BASELINES))
-    coreset_net: Optional[str] = None  # herding/kcenter embeddings, forgetting's buffer (None: the teacher or buffer)
-    full_epochs: int = field(default=30, metadata=rule(ge=1))
-    checkpoint_minutes: float = field(default=5.0, metadata=rule(ge=0))
-    checkpoint_every: int = field(default=0, metadata=rule(ge=0))  # also every N iterations (0: time-based only)
-    wandb: bool = False
-    wandb_project: str = "dd"
-    progress: bool = True
-
-
-# RunConfig options that only change how often a run saves or what it prints, never its result
-CADENCE = frozenset({"checkpoint_minutes", "checkpoint_every", "progress", "wandb", "wandb_project"})
 
 
 @dataclass
@@ -74,116 +40,11 @@ class DistillResult:
     history: list = field(default_factory=list)
 
 
-def identity(cls: type, mcfg, inputs: Inputs, dataset: str | ImageDataset, ipc: int, seed: int, run: RunConfig, *,
-             world: int = 1, data_options: Optional[dict] = None) -> dict:
-    """What must match for a checkpoint to be resumed (cadence and iteration count may change): the one function
-    behind `distill` (a loaded dataset: its name and size) and `run_identity` (a name, unread: its size from the
-    data options). `image_size` only for datasets read at a chosen resolution (image trees), so other checkpoints
-    keep their identity; `method_module` only for a method defined outside dd/ (`ddtk plot` imports it from there)."""
-    from dd.data import resolution
-
-    if isinstance(dataset, ImageDataset):
-        name = dataset.name
-        image_size = list(dataset.image_size) if resolution(base_name(name)) is not None else None
-    else:
-        name = base_name(dataset)
-        name = name if ":" in name else name.lower()  # folder:PATH and module:callable keep their case
-        res = resolution(name, data_options)
-        image_size = [res, res] if res is not None else None
-    keep = {"val_fraction", "val_epochs", "val_runs"}
-    hashes = inputs.hashes()
-    outside = {} if cls.__module__.split(".")[0] == "dd" else {"method_module": cls.__module__}  # where it registers
-    return to_jsonable({"method": cls.name, **outside, "dataset": name, "ipc": ipc, "seed": seed, "config": asdict(mcfg),
-                        "run": {k: v for k, v in asdict(run).items() if k in keep}, "inputs": hashes,
-                        "buffer_sha256": hashes["buffers"][0]["sha256"] if hashes["buffers"] else None,
-                        **({"processes": world} if world > 1 else {}),
-                        **({"image_size": image_size} if image_size is not None else {})})
-
-
-def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None,
-                verify: str = "open") -> Inputs:
-    """Opens (and hash-checks) every buffer and teacher a method is given; refuses counts it does not declare.
-
-    verify: how buffer shards are checked (dd.buffers.TrajectoryStore); 'lazy' reads none of them here, for callers
-    that only need the inputs' identity (their manifests' hashes)."""
-    from dd.buffers import TrajectoryStore
-    from dd.teachers import open_teachers
-
-    buffers = [b for b in buffers if b]
-    teachers = [t for t in teachers if t]
-    check_input_counts(cls, len(buffers), len(teachers))
-    return Inputs([TrajectoryStore(b, verify=verify) for b in buffers], open_teachers(teachers, teacher_model))
-
-
-def check_inputs(inputs: Inputs, dataset: str, cfg) -> None:
-    """Every buffer and teacher must come from this dataset and ZCA setting; buffers also from the method's model."""
-    for store in inputs.buffers:
-        store.check_compatible(dataset=base_name(dataset), model=cfg.model)
-        if bool(store.config.get("zca", False)) != bool(cfg.zca):
-            raise ValueError(f"buffer '{store.path}' was recorded with zca={bool(store.config.get('zca'))} but this run "
-                             f"resolves zca={bool(cfg.zca)}; set zca to match or record another buffer")
-    for teacher in inputs.teachers:
-        teacher.check_compatible(dataset, cfg.zca)
-
-
-def method_class(name: str) -> type:
-    """A registered method by name; `package.module:name` imports the user's module first (it registers itself)."""
-    if ":" in name:
-        import importlib
-
-        module, _, name = name.partition(":")
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise KeyError(f"cannot import the module of method '{module}:{name}': {e}") from e
-    return METHODS.get(name)
-
-
-def resolve(method: str, dataset: str, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
-            teachers: Sequence = (), teacher_model=None, verify: str = "open"):
-    """(method class, resolved config, opened inputs) of a run, without reading any data.
-
-    Order: open and hash the inputs -> resolve the config (user > config file > preset > default, plus rules that
-    read the inputs) -> check the inputs against it.
-    """
-    cls = method_class(method)
-    check_ipc(ipc)
-    inputs = open_inputs(cls, buffers, teachers, teacher_model, verify=verify)
-    mcfg = cls.resolve_config(dict(config or {}), dataset, ipc, inputs)
-    check_model(mcfg.model, f"option 'model' of method '{cls.name}' (--model)")
-    check_inputs(inputs, dataset, mcfg)
-    return cls, mcfg, inputs
-
-
-def run_config(run: RunConfig | dict | None) -> RunConfig:
-    """The driver's options as a checked RunConfig (its eval_options typed as Protocol fields), before any work."""
-    if isinstance(run, RunConfig):
-        check_dataclass(run)
-    else:
-        run = config_from_dict(RunConfig, dict(run or {}))
-    for arch in run.eval_models:
-        check_model(arch, "eval_models (--eval-models)")
-    check_network(run.coreset_net, run.baselines, "coreset_net (--coreset-net)")
-    return replace(run, eval_options=coerce_fields(Protocol, run.eval_options), baselines=tuple(run.baselines))
-
-
-def run_identity(method: str, dataset: str, ipc: int, *, buffer: str | Path | None = None, buffers: Sequence = (),
-                 teachers: Sequence = (), teacher_model=None, config: dict | None = None,
-                 run: RunConfig | dict | None = None, seed: int = 0, data_options: Optional[dict] = None) -> dict:
-    """The identity a one-process `distill` with these arguments writes to OUT/config.json and its checkpoint
-    (what must match for a resume), computed without reading the data: `ddtk reproduce` compares it with an
-    existing output directory to decide between reusing, resuming and starting over."""
-    name = base_name(dataset)
-    name = name if ":" in name else name.lower()  # folder:PATH and module:callable keep their case
-    cls, mcfg, inputs = resolve(method, name, ipc, config, buffers=[buffer, *buffers], teachers=teachers,
-                                teacher_model=teacher_model, verify="lazy")  # the identity holds manifest hashes only
-    return identity(cls, mcfg, inputs, name, ipc, seed, run_config(run), data_options=data_options)
-
-
 def run_finished(out: str | Path, identity: dict, run: RunConfig | dict | None) -> bool:
     """Does `out` hold the finished set of the run with this identity (see run_identity) and run options: its
     config.json is the identity, and its set's metadata records the same method, data, inputs, config and run
-    options (CADENCE aside)?"""
+    options (CADENCE aside)? A run option the set does not record (added to RunConfig after it was made) counts as
+    its default, which is how that set was made."""
     from dd.synset import read_header
 
     out = Path(out)
@@ -195,7 +56,8 @@ def run_finished(out: str | Path, identity: dict, run: RunConfig | dict | None) 
     meta = json.loads(header.get("meta", "{}"))
     same = all(meta.get(k) == identity[k] for k in ("method", "ipc", "seed", "config", "inputs", "dataset"))
     wanted = {k: v for k, v in to_jsonable(asdict(run_config(run))).items() if k not in CADENCE}
-    return same and {k: v for k, v in (meta.get("run") or {}).items() if k not in CADENCE} == wanted
+    recorded = {**to_jsonable(asdict(RunConfig())), **(meta.get("run") or {})}
+    return same and {k: v for k, v in recorded.items() if k not in CADENCE} == wanted
 
 
 def checkpoint_identity(path: str | Path) -> Optional[dict]:
@@ -206,32 +68,38 @@ def checkpoint_identity(path: str | Path) -> Optional[dict]:
         return None
 
 
-def prepare(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *, buffers: Sequence = (),
-            teachers: Sequence = (), teacher_model=None, data_root: Optional[str] = None,
-            data_options: Optional[dict] = None):
-    """Resolves a run before touching data (see `resolve`), then loads the data with the resolved ZCA setting (and
-    `data_options`, see dd.data.load_dataset): (method class, resolved config, opened inputs, loaded dataset)."""
-    name = base_name(dataset.name) if isinstance(dataset, ImageDataset) else dataset
-    cls, mcfg, inputs = resolve(method, name, ipc, config, buffers=buffers, teachers=teachers,
-                                teacher_model=teacher_model)
-    if isinstance(dataset, ImageDataset):
-        if (dataset.zca is not None) != bool(mcfg.zca):
-            raise ValueError(f"the resolved config has zca={bool(mcfg.zca)} but the given dataset is "
-                             f"{'' if dataset.zca is not None else 'not '}ZCA-whitened; pass load_dataset('{name}', "
-                             f"zca={bool(mcfg.zca)}) or set zca explicitly")
-        full = dataset
-    else:
-        full = load_dataset(dataset, root=data_root, zca=mcfg.zca, **(data_options or {}))
-    return cls, mcfg, inputs, full
+def load_data(plan: RunPlan) -> ImageDataset:
+    """The plan's dataset, read with its resolved ZCA setting (a given ImageDataset must agree with it)."""
+    if isinstance(plan.dataset, ImageDataset):
+        if (plan.dataset.zca is not None) != bool(plan.config.zca):
+            raise ValueError(f"the resolved config has zca={bool(plan.config.zca)} but the given dataset is "
+                             f"{'' if plan.dataset.zca is not None else 'not '}ZCA-whitened; pass load_dataset("
+                             f"'{plan.dataset_name}', zca={bool(plan.config.zca)}) or set zca explicitly")
+        return plan.dataset
+    return load_dataset(plan.dataset, root=plan.data_root, zca=plan.config.zca, **plan.data_options)
 
 
-def build_method(method: str, dataset: str | ImageDataset, ipc: int, config: dict | None = None, *,
-                 buffers: Sequence = (), teachers: Sequence = (), teacher_model=None,
+def prepare(method: str | RunPlan, dataset: str | ImageDataset = "mnist10k", ipc: int = 10,
+            config: dict | None = None, *, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None,
+            data_root: Optional[str] = None, data_options: Optional[dict] = None):
+    """A run's plan (given, or made from these arguments: see make_plan) with its data loaded: (method class,
+    resolved config, opened inputs, loaded dataset)."""
+    plan = method if isinstance(method, RunPlan) else make_plan(
+        method, dataset, ipc, config=config, buffers=buffers, teachers=teachers, teacher_model=teacher_model,
+        data_root=data_root, data_options=data_options)
+    return plan.method, plan.config, plan.inputs, load_data(plan)
+
+
+def build_method(method: str | RunPlan, dataset: str | ImageDataset = "mnist10k", ipc: int = 10,
+                 config: dict | None = None, *, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None,
                  device="cpu", seed: int = 0, init: bool = True) -> Method:
-    """A ready method object (config resolved, inputs opened, initial set made) outside the driver's loop."""
-    cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=buffers, teachers=teachers,
-                                      teacher_model=teacher_model)
-    m = cls(mcfg, full, ipc, resolve_device(device), torch.Generator().manual_seed(seed), inputs)
+    """A ready method object (config resolved, inputs opened, initial set made) outside the driver's loop; a given
+    RunPlan brings its own device and seed."""
+    plan = method if isinstance(method, RunPlan) else make_plan(
+        method, dataset, ipc, config=config, buffers=buffers, teachers=teachers, teacher_model=teacher_model,
+        device=device, seed=seed)
+    m = plan.method(plan.config, load_data(plan), plan.ipc, resolve_device(plan.device),
+                    torch.Generator().manual_seed(plan.seed), plan.inputs)
     if init:
         m.init_synset()
     return m
@@ -246,19 +114,25 @@ def distill(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc: i
 
     data_options: how an image tree is read (dd.data.DATA_OPTIONS: res, file_backed_above_mib, skip_bad_images,
     workers); the resolution is part of the run's identity, so a checkpoint is resumed only at the same one.
-
-    With `out`, the directory is locked for the whole run (dd.lock): a second writer is refused before it reads
-    any data, and a lock left by a killed run is taken over, so rerunning resumes from its checkpoint.
+    The arguments become a RunPlan (make_plan: everything checked before any data is read), run by run_plan.
     """
-    run = run_config(run)  # checked before any work starts
-    group = ProcessGroup(resolve_device(device))
+    return run_plan(make_plan(method, dataset, ipc, out=out, buffer=buffer, buffers=buffers, teachers=teachers,
+                              teacher_model=teacher_model, config=config, run=run, device=device, seed=seed,
+                              data_root=data_root, resume=resume, data_options=data_options))
+
+
+def run_plan(plan: RunPlan) -> DistillResult:
+    """Runs a plan. With `plan.out`, the directory is locked for the whole run (dd.lock): a second writer is refused
+    before it reads any data, and a lock left by a killed run is taken over, so rerunning resumes from its
+    checkpoint."""
+    group = ProcessGroup(resolve_device(plan.device))
     try:
-        with output_lock(out, group) if out is not None else contextlib.nullcontext():
-            cls, mcfg, inputs, full = prepare(method, dataset, ipc, config, buffers=[buffer, *buffers],
-                                              teachers=teachers, teacher_model=teacher_model, data_root=data_root,
-                                              data_options=data_options)
-            ident = identity(cls, mcfg, inputs, full, ipc, seed, run, world=group.world)
-            return _distill(cls, mcfg, inputs, full, ipc, out, run, group, seed, resume, ident)
+        if group.world != plan.world:
+            raise ValueError(f"the run was planned for {plan.world} process(es) but runs in {group.world}; make the "
+                             "plan inside the torchrun job")
+        with output_lock(plan.out, group) if plan.out is not None else contextlib.nullcontext():
+            return _distill(plan.method, plan.config, plan.inputs, load_data(plan), plan.ipc, plan.out, plan.run,
+                            group, plan.seed, plan.resume, plan.identity)
     finally:
         group.close()
 

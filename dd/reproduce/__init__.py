@@ -16,7 +16,7 @@ commands for people; each stage writes its own directory under OUT:
   OUT/table.md, OUT/table.json   ours beside the paper's number, the difference, the protocol and the wall times
 
 An artifact that exists and matches is reused rather than recomputed: a buffer whose manifest records the recipe's
-config hash; a distill output whose config.json identity (dd.methods.driver.run_identity) and set metadata match
+config hash; a distill output whose config.json identity (the row's RunPlan identity) and set metadata match
 the run; a report computed from the same set (its tensors' recorded sha256) with the same protocol, architectures,
 runs and baselines. A partial buffer or distill resumes (both commands resume); a distill made with other settings
 starts over (`--restart`); a buffer recorded with other settings is refused with the differences named (it may have
@@ -30,17 +30,16 @@ equivalent commands), fresh.py (state.json and what can be reused), stages.py (r
 from dd.reproduce.spec import (BASELINE_ROWS, EVAL_KEYS, KINDS, ROW_KEYS, SPEC_KEYS, EvalSpec, Row, Spec, SpecError,
                                load_spec, select_rows)
 from dd.reproduce.plan import (SMOKE_BUFFER, SMOKE_EVAL, SMOKE_RUN, Context, command_text, distill_argv, distill_config,
-                               eval_argv, input_specs, missing_inputs, recipes_of, row_eval, smoke_config)
-from dd.reproduce.fresh import (State, buffer_status, distill_status, eval_status, expected_identity,
-                                set_fingerprint, wanted_run)
+                               distill_plan, eval_argv, input_specs, missing_inputs, recipes_of, row_eval, smoke_config)
+from dd.reproduce.fresh import State, buffer_status, distill_status, eval_status, set_fingerprint
 from dd.reproduce.stages import ensure_buffer, ensure_distill, ensure_eval, row_result
 from dd.reproduce.table import PENDING, render_markdown, table_entry, write_table
 from dd.reproduce.runner import default_out, describe, reproduce
 
 __all__ = ["BASELINE_ROWS", "EVAL_KEYS", "KINDS", "PENDING", "ROW_KEYS", "SMOKE_BUFFER", "SMOKE_EVAL",
            "SMOKE_RUN", "SPEC_KEYS", "Context", "EvalSpec", "Row", "Spec", "SpecError", "State", "buffer_status",
-           "command_text", "default_out", "describe", "distill_argv", "distill_config",
+           "command_text", "default_out", "describe", "distill_argv", "distill_config", "distill_plan",
            "distill_status", "ensure_buffer", "ensure_distill", "ensure_eval", "eval_argv", "eval_status",
-           "expected_identity", "input_specs", "load_spec", "missing_inputs", "recipes_of", "render_markdown",
+           "input_specs", "load_spec", "missing_inputs", "recipes_of", "render_markdown",
            "reproduce", "row_eval", "row_result", "select_rows", "set_fingerprint", "smoke_config", "table_entry",
-           "wanted_run", "write_table"]
+           "write_table"]

@@ -9,7 +9,8 @@ from typing import Any, Optional
 from dd.utils import atomic_write_json, relative_paths, sha256_json, to_jsonable
 from dd.reproduce.spec import BASELINE_ROWS, Row
 from dd.teachers import split_spec
-from dd.reproduce.plan import Context, distill_kwargs, eval_kwargs, input_present, recipe_plan, recipes_of
+from dd.reproduce.plan import (Context, distill_plan, eval_kwargs, input_present, input_specs, recipe_plan,
+                               recipes_of)
 
 
 class State:
@@ -75,23 +76,6 @@ def buffer_status(name: str, ctx: Context) -> tuple[str, str]:
     return "resume", f"{detail[0]} of {detail[1]} experts listed"
 
 
-def expected_identity(kwargs: dict) -> dict:
-    """The identity the distill run will record (see dd.methods.driver.run_identity)."""
-    from dd.methods.driver import run_identity
-
-    keys = ("buffer", "teachers", "teacher_model", "config", "run", "seed", "data_options")
-    return run_identity(kwargs["method"], kwargs["dataset"], kwargs["ipc"], **{k: kwargs[k] for k in keys})
-
-
-def wanted_run(kwargs: dict) -> dict:
-    """The run options the set must record (cadence options aside)."""
-    from dataclasses import asdict
-
-    from dd.methods.driver import CADENCE, run_config
-
-    return {k: v for k, v in to_jsonable(asdict(run_config(kwargs["run"]))).items() if k not in CADENCE}
-
-
 def set_fingerprint(path: Path) -> Optional[str]:
     """What a set file holds, as its owner digests it (dd.synset.content_digest)."""
     from dd.synset import content_digest
@@ -114,24 +98,25 @@ def distill_status(row: Row, ctx: Context, state: State) -> tuple[str, str]:
     (dd.methods.driver.run_finished, checkpoint_identity)."""
     from dd.methods.driver import CHECKPOINT, checkpoint_identity, run_finished
 
-    kwargs = distill_kwargs(row, ctx)
     recipes = recipes_of(row, ctx.spec)
     if any(buffer_status(n, ctx)[0] != "reuse" for n in recipes):  # a buffer in conflict raises, naming it
         return "run", "after its buffer/teachers are recorded"
     own = {str(ctx.buffer_dir(n)) for n in recipes}
-    external = [p for p in [kwargs["buffer"], *kwargs["teachers"]] if p and split_spec(p)[0] not in own]
+    buffer, teachers = input_specs(row, ctx)
+    external = [p for p in [buffer, *teachers] if p and split_spec(p)[0] not in own]
     if not all(input_present(p) for p in external):
         return "run", "once its input files are there"
-    identity = expected_identity(kwargs)
+    plan = distill_plan(row, ctx, verify="lazy")  # resolved with the row's real inputs; manifests only
+    identity = plan.identity
     out = ctx.distill_dir(row)
-    if run_finished(out, identity, kwargs["run"]):
+    if run_finished(out, identity, plan.run):
         return "reuse", f"config.json identity {sha256_json(identity)[:12]} and the set's run options match"
     ckpt = out / CHECKPOINT
     if not ckpt.is_file():
         return "run", "no set or checkpoint yet"
     started = state.get("rows", row.id, "distill", "started") or {}
     if checkpoint_identity(ckpt) == identity and started == {"identity": sha256_json(identity),
-                                                            "iterations": wanted_run(kwargs)["iterations"]}:
+                                                            "iterations": plan.run.iterations}:
         return "resume", "its checkpoint belongs to this run"
     return "restart", "its checkpoint was made with other settings (or by another command)"
 

@@ -131,10 +131,11 @@ def recipe_plan(name: str, ctx: Context) -> BufferPlan:
                        tuple(ctx.common_argv()))
 
 
-def distill_config(row: Row, smoke: bool) -> dict:
+def distill_config(row: Row, smoke: bool, ctx: Optional[Context] = None) -> dict:
     """The row's whole `ddtk distill --config` file: its config file, then the row's options and run options, the
     evaluation settings (used when the method relabels at the end; the report itself is `ddtk eval`'s), shrunk with
-    --smoke. Inputs are given on the command line, so the file's own buffer/teachers entries are dropped."""
+    --smoke. Inputs are given on the command line, so the file's own buffer/teachers entries are dropped; `ctx`: where
+    they are (see row_eval)."""
     from dd.methods.driver import method_class
 
     base = {k: v for k, v in row.base.items() if k not in ("notes", "buffer", "teachers", "run")}
@@ -142,7 +143,7 @@ def distill_config(row: Row, smoke: bool) -> dict:
     if row.teacher_model is not None:
         cfg["teacher_model"] = row.teacher_model
     run = {**row.base.get("run", {}), **row.run}
-    ev = row_eval(row, smoke)
+    ev = row_eval(row, smoke, ctx)
     run.update(eval_models=list(ev.archs), eval_runs=0, eval_options=dict(ev.options))
     if ev.epochs is not None:
         run["eval_epochs"] = ev.epochs
@@ -175,27 +176,47 @@ def smoke_config(cls: type, cfg: dict) -> dict:
     return out
 
 
-def row_eval(row: Row, smoke: bool) -> EvalSpec:
+def row_eval(row: Row, smoke: bool, ctx: Optional[Context] = None) -> EvalSpec:
     """The row's EvalSpec with its architectures filled in (the method's resolved model when none is given) and
-    shrunk with --smoke."""
+    shrunk with --smoke; with `ctx`, the model is resolved with the row's inputs once they are on disk."""
     from dataclasses import replace
 
     ev = row.eval
     if not ev.archs:  # baseline rows always have them (load_spec)
-        ev = replace(ev, archs=(_resolved_model(row),))
+        ev = replace(ev, archs=(_resolved_model(row, smoke, ctx),))
     if smoke:
         ev = replace(ev, **SMOKE_EVAL)
     return ev
 
 
-def _resolved_model(row: Row) -> str:
-    """The architecture the row's method distils with after its presets (what the driver reports on by default)."""
+def _resolved_model(row: Row, smoke: bool, ctx: Optional[Context]) -> str:
+    """The architecture the row's method distils with after its presets and the rules that read its inputs (SRe2L:
+    its teacher's architecture), as the row's run will resolve it; before its inputs are recorded (or without
+    `ctx`), the rules that read them cannot apply yet."""
     from dd.methods.base import Inputs
-    from dd.methods.driver import method_class
+    from dd.methods.plan import method_class, resolve
 
+    cls = method_class(row.method)
     values = {k: v for k, v in {**row.base, **row.options}.items()
               if k not in ("notes", "buffer", "teachers", "run", "method", "dataset", "ipc", "teacher_model")}
-    return method_class(row.method).resolve_config(values, row.dataset, row.ipc, Inputs()).model
+    values = smoke_config(cls, values) if smoke else values
+    if ctx is not None and _inputs_on_disk(row, ctx):
+        buffer, teachers = input_specs(row, ctx)
+        return resolve(row.method, row.dataset, row.ipc, values, buffers=[buffer], teachers=teachers,
+                       teacher_model=row.teacher_model, verify="lazy")[1].model
+    return cls.resolve_config(values, row.dataset, row.ipc, Inputs()).model
+
+
+def _inputs_on_disk(row: Row, ctx: Context) -> bool:
+    """Are the row's buffer and teachers there to be opened: its recipes recorded in full, its other inputs present."""
+    from dd.buffers.store import recorded_status
+
+    recipes = recipes_of(row, ctx.spec)
+    if any(recorded_status(ctx.buffer_dir(n), recipe_plan(n, ctx).config)[0] != "complete" for n in recipes):
+        return False
+    own = {str(ctx.buffer_dir(n)) for n in recipes}
+    buffer, teachers = input_specs(row, ctx)
+    return all(input_present(p) for p in [buffer, *teachers] if p and str(_input_path(p)) not in own)
 
 
 def input_specs(row: Row, ctx: Context) -> tuple[Optional[str], list[str]]:
@@ -229,7 +250,7 @@ def distill_argv(row: Row, ctx: Context, restart: bool = False) -> list[str]:
 
 def eval_argv(row: Row, ctx: Context, labels: Optional[str] = None) -> list[str]:
     """`ddtk eval` arguments of a row: its set (or the baseline) under the row's protocol, architectures and runs."""
-    ev = row_eval(row, ctx.smoke)
+    ev = row_eval(row, ctx.smoke, ctx)
     if row.baseline:
         argv = ["--baseline", row.method, "--dataset", row.dataset] + (["--ipc", str(row.ipc)] if row.ipc else [])
     else:
@@ -248,7 +269,7 @@ def eval_argv(row: Row, ctx: Context, labels: Optional[str] = None) -> list[str]
 def distill_kwargs(row: Row, ctx: Context, restart: bool = False) -> dict:
     """The keyword arguments of dd.methods.distill for a row: what `ddtk distill` makes of distill_argv (the row's
     config file, its inputs, seed, device and data root), built directly."""
-    cfg = distill_config(row, ctx.smoke)
+    cfg = distill_config(row, ctx.smoke, ctx)
     run = dict(cfg.pop("run"))
     run["wandb"] = run.get("wandb", False)  # as `ddtk distill` reads a config file
     cfg.pop("notes", None)
@@ -260,12 +281,20 @@ def distill_kwargs(row: Row, ctx: Context, restart: bool = False) -> dict:
                 seed=row.seed, data_root=ctx.data_root or None, resume=not restart, data_options={})
 
 
+def distill_plan(row: Row, ctx: Context, restart: bool = False, verify: str = "open"):
+    """The row's dd.methods.RunPlan (its config resolved with its real inputs, its identity computed once), made
+    from distill_kwargs; verify='lazy' reads the buffers' manifests only (enough for the identity)."""
+    from dd.methods.plan import make_plan
+
+    return make_plan(**distill_kwargs(row, ctx, restart), verify=verify)
+
+
 def eval_kwargs(row: Row, ctx: Context, recorded=None) -> dict:
     """The keyword arguments of dd.eval.run.evaluate_set for a row (what `ddtk eval` makes of eval_argv), the set
     aside; `recorded`: the protocol the set records (used when the row names none)."""
     from dd.eval.run import resolve_protocol
 
-    ev = row_eval(row, ctx.smoke)
+    ev = row_eval(row, ctx.smoke, ctx)
     baselines = [row.method] if row.baseline else list(ev.baselines)
     return dict(archs=list(ev.archs), protocol=resolve_protocol(ev.protocol, recorded, epochs=ev.epochs,
                                                                 options=ev.options),

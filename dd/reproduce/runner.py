@@ -97,7 +97,7 @@ def describe(rows: list[Row], ctx: Context) -> int:
         if not row.baseline:
             status = _status_or_conflict(lambda: distill_status(row, ctx, state))
             log(f"  [{status}] {command_text('distill', distill_argv(row, ctx, restart=status.startswith('restart')))}")
-            log(f"      {ctx.distill_config_path(row)}: {json.dumps(distill_config(row, ctx.smoke), sort_keys=True)}")
+            log(f"      {ctx.distill_config_path(row)}: {json.dumps(distill_config(row, ctx.smoke, ctx), sort_keys=True)}")
         log(f"  [{_status_or_conflict(lambda: eval_status(row, ctx, state))}] {command_text('eval', eval_argv(row, ctx))}")
     log(f"then: {ctx.out / 'table.md'} and {ctx.out / 'table.json'}")
     return 1 if missing else 0

@@ -8,10 +8,9 @@ import time
 
 from dd.utils import atomic_write_text, sha256_json
 from dd.reproduce.spec import BASELINE_ROWS, Row
-from dd.reproduce.plan import (Context, command_text, distill_argv, distill_config, distill_kwargs, eval_argv,
+from dd.reproduce.plan import (Context, command_text, distill_argv, distill_config, distill_plan, eval_argv,
                                eval_kwargs, recipe_plan)
-from dd.reproduce.fresh import (State, buffer_status, distill_status, eval_status, expected_identity,
-                                set_fingerprint, wanted_run)
+from dd.reproduce.fresh import State, buffer_status, distill_status, eval_status, set_fingerprint
 
 
 def ensure_buffer(name: str, ctx: Context, state: State) -> dict:
@@ -40,22 +39,21 @@ def ensure_buffer(name: str, ctx: Context, state: State) -> dict:
 def ensure_distill(row: Row, ctx: Context, state: State) -> dict:
     """Distils a row (or resumes, restarts, reuses it); returns its status record for the table. The config file
     `ddtk distill --config` would read is written beside it, for the user."""
-    from dd.methods import distill
+    from dd.methods import run_plan
 
     status, why = distill_status(row, ctx, state)
     if status == "reuse":
         ctx.log(f"[{row.id}] distill reused: {why}")
         return {**(state.get("rows", row.id, "distill") or {}), "status": "reused"}
-    cfg = distill_config(row, ctx.smoke)
+    cfg = distill_config(row, ctx.smoke, ctx)
     atomic_write_text(ctx.distill_config_path(row), json.dumps(cfg, indent=2) + "\n")
-    kwargs = distill_kwargs(row, ctx, restart=status == "restart")
-    identity = expected_identity(kwargs)
-    state.put({"identity": sha256_json(identity), "iterations": wanted_run(kwargs)["iterations"]},
+    plan = distill_plan(row, ctx, restart=status == "restart")  # its identity is the one config.json will hold
+    state.put({"identity": sha256_json(plan.identity), "iterations": plan.run.iterations},
               "rows", row.id, "distill", "started")
     ctx.log(f"[{row.id}] distill: {status} ({why})")
     ctx.log(f"$ {command_text('distill', distill_argv(row, ctx, restart=status == 'restart'))}")
     t0 = time.perf_counter()
-    res = distill(**kwargs)
+    res = run_plan(plan)
     report = " and eval.md" if res.report is not None else " (no report: eval_runs is 0)"
     ctx.log(f"wrote {ctx.distill_dir(row) / 'synset.safetensors'}, synset.png{report}")
     record = {"status": {"resume": "resumed", "restart": "restarted"}.get(status, "ran"),

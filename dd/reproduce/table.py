@@ -15,7 +15,7 @@ PENDING = "not finished yet"  # what table.json and table.md say of a selected r
 
 def table_entry(row: Row, ctx: Context, stages: dict, result: Optional[dict], error: Optional[str]) -> dict:
     """One row of table.json: what was run, what came out, what it is compared with."""
-    ev = row_eval(row, ctx.smoke)
+    ev = row_eval(row, ctx.smoke, ctx)
     primary = ev.archs[0]
     entry = {"id": row.id, "method": row.method, "dataset": row.dataset, "ipc": row.ipc, "archs": list(ev.archs),
              "primary_arch": primary, "paper": row.paper, "recorded": row.recorded, "stages": stages,
