@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from dd.eval.protocol import Protocol
 from dd.eval.views import EpochViews, apply_views, draw_views, epoch_generator
 from dd.lock import output_lock
-from dd.utils import (atomic_write_bytes, atomic_write_json, safetensors_bytes, sha256_bytes, sha256_file, to_jsonable,
-                      versions)
+from dd.utils import (atomic_write_bytes, atomic_write_json, relative_paths, safetensors_bytes, sha256_bytes, sha256_file,
+                      to_jsonable, versions)
 
 FORMAT = "dd.labels/1"
 MANIFEST = "manifest.json"
@@ -77,7 +77,9 @@ def _write_labels(images: torch.Tensor, teacher: torch.nn.Module, protocol: Prot
     k = min(int(topk), num_classes)
     manifest = {"format": FORMAT, "set_sha256": set_fingerprint(images), "num_images": n,
                 "image_shape": list(images.shape[1:]), "num_classes": num_classes, "epochs": epochs, "topk": k,
-                "seed": seed, "flip": bool(flip), "views": view_options(protocol), "teachers": teachers or [],
+                "seed": seed, "flip": bool(flip), "views": view_options(protocol),
+                # teacher records name paths relative to the label directory, like every file dd writes for a user
+                "teachers": relative_paths(to_jsonable(teachers or []), out),
                 "files": [], "complete": False, "versions": versions()}
     old = _read_manifest(out) if (out / MANIFEST).exists() else None
     if old is not None:
