@@ -16,6 +16,7 @@ from dd.eval.views import draw_crops
 from dd.methods import build_method
 from dd.methods.rded import pad_center, realism_scores, select_crops, square_crops, stitch
 from dd.synset import SyntheticSet
+from dd.utils import relative_paths
 from dd.teachers import open_teacher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -179,7 +180,8 @@ def test_command_line_distill_records_the_teacher_and_stores_region_labels(teach
     assert s.meta["evaluation"]["teachers"] == [record] and s.meta["evaluation"]["protocol"]["name"] == "teacher"
     assert s.meta["factor"] == 1 and s.images.shape == (20, 1, 8, 8)  # digits preset: factor 1
     labels = StoredLabels(s.meta["evaluation"]["labels"])  # stored like `ddtk relabel`: one epoch per training epoch
-    assert labels.manifest["teachers"] == [record] and labels.epochs == 2
+    # the manifest names the teacher relative to the label directory
+    assert labels.manifest["teachers"] == [relative_paths(record, labels.path)] and labels.epochs == 2
     labels.check(s.images, get_protocol("teacher"))
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["class"] for x in lines if "class" in x] == list(range(10))
