@@ -214,9 +214,10 @@ class Selector:
 
         from dd.buffers import TrajectoryStore
 
-        spec = self.network if isinstance(self.network, str) else ""
-        path, _, expert = spec.rpartition("@") if "@" in spec else (spec, "", "")
-        if not (path and Path(path).is_dir() and (expert == "" or expert.isdigit())):
+        from dd.teachers import split_spec
+
+        path, expert = split_spec(self.network) if isinstance(self.network, str) else ("", None)
+        if not (path and Path(path).is_dir()):
             raise ValueError("the forgetting baseline counts forgetting events along a `ddtk buffer` expert's epochs: "
                              "give the buffer with --coreset-net DIR (or DIR@E), or a --teacher that is one")
         from dd.data.base import base_name
@@ -229,7 +230,7 @@ class Selector:
         if store.num_epochs < 3:
             raise ValueError(f"buffer '{path}' records {store.num_epochs} snapshots; forgetting needs at least 2 "
                              "trained epochs")
-        return store, int(expert or 0)
+        return store, expert or 0
 
     def indices(self, method: str, ipc: int, generator: torch.Generator) -> list[list[int]]:
         """Per class, the indices (into that class's training images) `method` picks."""
