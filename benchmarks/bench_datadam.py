@@ -15,7 +15,6 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import rss
@@ -26,8 +25,6 @@ DEFAULT_BUFFER = Path(__file__).resolve().parent.parent / "runs" / "bench_cache"
 
 def worker(method: str, ipc: int, iters: int, device: str, buffer: str | None) -> dict:
     """Builds the method, one warm-up step, then `iters` timed steps; returns seconds/iteration and peak memory."""
-    import torch
-
     from dd.data import load_dataset
     from dd.methods import METHODS
     from dd.methods import build_method
@@ -40,25 +37,9 @@ def worker(method: str, ipc: int, iters: int, device: str, buffer: str | None) -
     if method == "mtt":
         opts["max_start_epoch"] = 0
     m = build_method(method, ds, ipc, opts, buffers=[buffer] if cls.buffers[0] else [], device=dev)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev) / 2**20
-    else:
-        rss.reset_peak()
-        base = rss.current_mib()
-    m.step(0)  # warm-up (allocator, lazy init); counted in the peak, not in the time
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    t0 = time.perf_counter()
-    for it in range(1, iters + 1):
-        m.step(it)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    sec = (time.perf_counter() - t0) / iters
-    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else rss.peak_mib()) - base
+    sec, peak, how = rss.time_steps(m, iters, dev)
     return {"method": method, "ipc": ipc, "sec_per_it": sec, "peak_mib": peak, "device": str(dev),
-            "memory": "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS over the steps minus RSS before"}
+            "memory": how}
 
 
 def ensure_buffer(path: Path, device: str) -> Path:

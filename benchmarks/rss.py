@@ -33,3 +33,31 @@ def current_mib() -> float:
 def peak_mib() -> float:
     """The peak resident set since the process started or since the last reset_peak()."""
     return _status_kib("VmHWM") / 1024
+
+
+def time_steps(m, iters: int, dev) -> tuple[float, float, str]:
+    """(seconds per step, peak MiB above the start, how the peak was measured) of `iters` calls of a method's
+    step() after one warm-up step (counted in the peak, not in the time): CUDA's allocator on a GPU, else the RSS."""
+    import time
+
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev) / 2**20
+    else:
+        reset_peak()
+        base = current_mib()
+    m.step(0)  # warm-up (allocator, lazy init)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    t0 = time.perf_counter()
+    for it in range(1, iters + 1):
+        m.step(it)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    sec = (time.perf_counter() - t0) / iters
+    peak = (torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_mib()) - base
+    how = "cuda max_memory_allocated" if dev.type == "cuda" else "peak RSS over the steps minus RSS before"
+    return sec, peak, how

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from helpers import mlp_teacher_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -46,16 +46,11 @@ def made(tmp_path_factory, digits):
     from dd.eval import get_protocol
     from dd.eval.labels import relabel
     from dd.methods import distill
-    from dd.models import build_model
     from dd.synset import SyntheticSet
 
     root = tmp_path_factory.mktemp("artifacts")
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net = build_model("mlp", digits.channels, digits.num_classes, digits.image_size)
-    teacher = root / "teacher.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(teacher),
-              metadata={"model": "mlp", "dataset": "digits"})
+    net, teacher = mlp_teacher_file(root, digits)
     s = SyntheticSet.from_real(digits, 1, torch.Generator().manual_seed(0))
     s.save(root / "set.safetensors")
     protocol = get_protocol("teacher", batch_size=5)

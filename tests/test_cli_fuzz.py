@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from dd.cli import COMMANDS, command_parser, main
+from helpers import mlp_teacher_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,15 +44,10 @@ def make_world(root: Path) -> dict:
     directory, a label directory, a reproduce spec, and junk (an empty file, a text file, a plain directory)."""
     from dd.data import load_dataset
     from dd.eval import get_protocol
-    from dd.models import build_model
     from dd.synset import SyntheticSet
 
     ds = load_dataset("digits")
-    torch.manual_seed(0)
-    net = build_model("mlp", ds.channels, ds.num_classes, ds.image_size)
-    teacher = root / "teacher.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(teacher),
-              metadata={"model": "mlp", "dataset": "digits"})
+    net, teacher = mlp_teacher_file(root, ds)
     s = SyntheticSet.from_real(ds, 1, torch.Generator().manual_seed(0))
     s.meta["evaluation"] = {"protocol": get_protocol("teacher").to_dict(), "labels": None,
                             "teachers": [{"spec": str(teacher), "kind": "file", "sha256": None, "arch": "mlp"}]}

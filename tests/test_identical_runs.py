@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from dd.cli import main
 from dd.utils import safetensors_bytes
+from helpers import mlp_teacher_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DURATIONS = {"seconds", "wall_seconds", "sec", "made_seconds"}  # made_seconds: the budget's wall time
@@ -50,19 +50,8 @@ def _fingerprints(root: Path) -> dict:
     return out
 
 
-def _teacher(root: Path, digits) -> Path:
-    from dd.models import build_model
-
-    torch.manual_seed(0)
-    net = build_model("mlp", digits.channels, digits.num_classes, digits.image_size)
-    path = root / "teacher.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
-              metadata={"model": "mlp", "dataset": "digits"})
-    return path
-
-
 def test_two_identical_distill_and_relabel_runs_write_the_same_bytes(tmp_path, digits):
-    teacher = _teacher(tmp_path, digits)
+    teacher = mlp_teacher_file(tmp_path, digits)[1]
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"init": "noise", "batch_real": 16, "run": {"val_epochs": 2, "checkpoint_every": 2}}))
     prints = []
@@ -127,7 +116,7 @@ def test_a_killed_writers_temporary_files_are_removed_when_the_run_resumes(tmp_p
                  "--device", "cpu", "--out", str(out)]) == 0
     assert not any(p.exists() for p in stale[:2]) and not list(out.rglob("*.tmp"))
     assert stale[2].exists()  # another directory: its own run removes it
-    teacher = _teacher(tmp_path, digits)
+    teacher = mlp_teacher_file(tmp_path, digits)[1]
     assert main(["relabel", str(out / "synset.safetensors"), "--protocol", "teacher", "--teacher", str(teacher),
                  "--epochs", "1", "--batch-size", "5", "--device", "cpu", "--out", str(labels)]) == 0
     assert not stale[2].exists() and not list(labels.glob("*.tmp"))

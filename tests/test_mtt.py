@@ -13,6 +13,7 @@ from dd.methods.ftd import buffer_is_flat
 from dd.methods.mtt import ema_update, perturb_conv_weights
 from dd.methods.trajectory import ParamLayout
 from dd.synset import SyntheticSet
+from helpers import digits_buffer
 
 TINY = {"syn_steps": 6, "expert_epochs": 1, "max_start_epoch": 2, "lr_img": 10.0, "lr_lr": 1e-5, "lr_teacher": 0.05}
 RUN = {"iterations": 6, "eval_every": 0, "eval_runs": 0, "progress": False}
@@ -21,10 +22,7 @@ RUN = {"iterations": 6, "eval_every": 0, "eval_runs": 0, "progress": False}
 @pytest.fixture(scope="module")
 def buffer(tmp_path_factory):
     path = tmp_path_factory.mktemp("buf") / "digits"
-    cfg = BufferConfig(dataset="digits", model="convnet", model_options={"width": 8, "depth": 2}, experts=2, epochs=4,
-                       batch_size=128, lr=0.05)
-    record_buffer(cfg, path, device="cpu", progress=False, log=lambda s: None)
-    return path
+    return digits_buffer(path, epochs=4)
 
 
 @pytest.fixture(scope="module")

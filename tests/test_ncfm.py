@@ -4,12 +4,11 @@ import math
 import pytest
 import torch
 
-from dd.buffers import record_buffer
-from dd.buffers.config import BufferConfig
 from dd.data import load_dataset
 from dd.methods import build_method, distill
 from dd.methods.ncfm import NCFM, SamplingNet, cf_terms, decode_patches, encode_patches, minmax_step, ncfm_distance
 from dd.synset import SyntheticSet
+from helpers import digits_buffer
 
 TINY = {"model": "convnet", "batch_real": 16, "num_freqs": 64, "psi_freqs": 8, "psi_repeat": 4}
 RUN = {"iterations": 4, "eval_every": 0, "eval_runs": 0, "progress": False}
@@ -18,10 +17,7 @@ RUN = {"iterations": 4, "eval_every": 0, "eval_runs": 0, "progress": False}
 @pytest.fixture(scope="module")
 def buffer(tmp_path_factory):
     path = tmp_path_factory.mktemp("buf") / "digits"
-    cfg = BufferConfig(dataset="digits", model="convnet", model_options={"width": 8, "depth": 2}, experts=2, epochs=2,
-                       batch_size=128, lr=0.05)
-    record_buffer(cfg, path, device="cpu", progress=False, log=lambda s: None)
-    return path
+    return digits_buffer(path, epochs=2)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dd.buffers import record_buffer
-from dd.buffers.config import BufferConfig
 from dd.eval import get_protocol
 from dd.eval.labels import StoredLabels
 from dd.eval.views import draw_crops
@@ -18,6 +16,7 @@ from dd.methods.rded import pad_center, realism_scores, select_crops, square_cro
 from dd.synset import SyntheticSet
 from dd.utils import relative_paths
 from dd.teachers import open_teacher
+from helpers import digits_buffer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,10 +26,7 @@ def teacher_dir(tmp_path_factory):
     """A small BatchNorm ConvNet trained on digits (`ddtk buffer --experts 1`)."""
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("teacher") / "bn"
-    cfg = BufferConfig(dataset="digits", model="convnet-bn", model_options={"width": 16, "depth": 2}, experts=1,
-                       epochs=6, lr=0.05, batch_size=128)
-    record_buffer(cfg, path, device="cpu", progress=False, log=lambda s: None)
-    return path
+    return digits_buffer(path, model="convnet-bn", width=16, experts=1, epochs=6)
 
 
 class CenterSum(nn.Module):

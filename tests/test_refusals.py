@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from dd.cli import main
 from dd.data import load_dataset
@@ -13,6 +12,7 @@ from dd.methods.dm import DMConfig
 from dd.methods.driver import RunConfig, run_config
 from dd.synset import SyntheticSet
 from dd.validate import check_value, rule
+from helpers import mlp_teacher_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,14 +33,9 @@ def _fails(argv, capsys) -> str:
 def files(tmp_path_factory, digits):
     """A 1-image-per-class digits set recorded under the teacher protocol, and an MLP teacher checkpoint for it."""
     from dd.eval import get_protocol
-    from dd.models import build_model
 
     root = tmp_path_factory.mktemp("refusals")
-    torch.manual_seed(0)
-    net = build_model("mlp", digits.channels, digits.num_classes, digits.image_size)
-    teacher = root / "teacher.safetensors"
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(teacher),
-              metadata={"model": "mlp", "dataset": "digits"})
+    net, teacher = mlp_teacher_file(root, digits)
     s = SyntheticSet.from_real(digits, 1, torch.Generator().manual_seed(0))
     s.meta["evaluation"] = {"protocol": get_protocol("teacher").to_dict(), "labels": None,
                             "teachers": [{"spec": str(teacher), "kind": "file", "sha256": None, "arch": "mlp"}]}

@@ -7,14 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from dd.buffers import record_buffer
-from dd.buffers.config import BufferConfig
 from dd.eval import evaluate, get_protocol
 from dd.eval.labels import StoredLabels, relabel
 from dd.eval.views import apply_views, draw_views, epoch_generator
 from dd.methods import build_method, distill
 from dd.methods.recover import bn_distance, crop_scale_min, forward_with_bn_loss
 from dd.synset import SyntheticSet
+from helpers import digits_buffer
 
 
 
@@ -24,10 +23,7 @@ def teacher_dir(tmp_path_factory):
     """A BatchNorm ConvNet trained on digits by the buffer recorder: `ddtk buffer --experts 1` is the squeeze step."""
     torch.set_num_threads(1)
     path = tmp_path_factory.mktemp("teacher") / "bn"
-    cfg = BufferConfig(dataset="digits", model="convnet-bn", model_options={"width": 16, "depth": 2}, experts=1,
-                       epochs=10, lr=0.05, batch_size=128)
-    record_buffer(cfg, path, device="cpu", progress=False, log=lambda s: None)
-    return path
+    return digits_buffer(path, model="convnet-bn", width=16, experts=1, epochs=10)
 
 
 # ---- the loss and the schedule ------------------------------------------------------------------
