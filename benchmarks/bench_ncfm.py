@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import rss
+from bench_datadam import ensure_buffer  # the same small timing buffer, recorded once for both
 
 DATASET, MODEL = "mnist10k", "convnet-w32"
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,18 +54,6 @@ def worker(name: str, ipc: int, iters: int, device: str, buffer: str) -> dict:
     sec, peak, how = rss.time_steps(m, iters, dev)
     return {"method": name, "ipc": ipc, "sec_per_it": sec, "peak_mib": peak, "device": str(dev), "options": opts,
             "memory": how}
-
-
-def ensure_buffer(path: Path, device: str) -> Path:
-    """Records the small timing buffer once (reused by later runs, and shared with bench_datadam.py)."""
-    if (path / "manifest.json").exists():
-        return path
-    from dd.buffers.config import BufferConfig
-    from dd.buffers.recorder import record_buffer
-
-    print(f"recording a 1-expert, 3-epoch {MODEL} buffer on {DATASET} into {path} (once) ...", flush=True)
-    record_buffer(BufferConfig(dataset=DATASET, model=MODEL, experts=1, epochs=3), path, device=device, progress=False)
-    return path
 
 
 def measure(name: str, ipc: int, iters: int, device: str, buffer: Path) -> dict:

@@ -6,7 +6,6 @@ import torch
 
 from dd.buffers import TrajectoryStore, record_buffer
 from dd.buffers.config import BufferConfig
-from dd.data import load_dataset
 from dd.methods import DistillationDiverged, build_method, distill
 from dd.methods.datm import start_epoch_bound
 from dd.methods.ftd import buffer_is_flat
@@ -23,11 +22,6 @@ RUN = {"iterations": 6, "eval_every": 0, "eval_runs": 0, "progress": False}
 def buffer(tmp_path_factory):
     path = tmp_path_factory.mktemp("buf") / "digits"
     return digits_buffer(path, epochs=4)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def _method(name, digits, buffer, ipc=2, **cfg):

@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 
-from dd.data import load_dataset
 from dd.methods import build_method, distill
 from dd.methods.ncfm import NCFM, SamplingNet, cf_terms, decode_patches, encode_patches, minmax_step, ncfm_distance
 from dd.synset import SyntheticSet
@@ -18,11 +17,6 @@ RUN = {"iterations": 4, "eval_every": 0, "eval_runs": 0, "progress": False}
 def buffer(tmp_path_factory):
     path = tmp_path_factory.mktemp("buf") / "digits"
     return digits_buffer(path, epochs=2)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits")
 
 
 def _phi(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
