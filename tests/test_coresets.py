@@ -182,6 +182,9 @@ def test_a_row_whose_labels_outweigh_its_images_says_so(digits):
 
     extra = set_budget(torch.zeros(2, 1, 2, 2), torch.full((2, 10), 0.1), Protocol(name="soft", labels="soft"))
     assert (extra["image_bytes"], extra["label_bytes"], extra["labels_exceed_images"]) == (32, 80, True)
+    hard = set_budget(torch.zeros(2, 1, 2, 2), torch.full((2, 10), 0.1), Protocol(name="hard", labels="hard"))
+    assert (hard["label_bytes"], hard["labels_exceed_images"]) == (2 * 8, False)  # trains on the argmax: 2 int64 ids
+    assert hard["label_source"].startswith("class ids")
     row = EvalResult("x", "mlp", "digits", [0.5], Protocol(epochs=1).to_dict(), ipc=1, extra=extra)
     md = Report([row]).to_markdown()
     assert "| 32 | 80 (> images) | — |" in md and "exceeds its image budget" in md

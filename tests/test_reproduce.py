@@ -12,6 +12,7 @@ from dd.buffers.config import BufferConfig
 from dd.buffers.recorder import config_sha256
 from dd.buffers.store import FORMAT as BUFFER_FORMAT
 from dd.cli import main
+from dd.eval.baselines import BASELINES
 from dd.methods import METHODS
 from dd.reproduce import SpecError, load_spec, reproduce
 from dd.synset import SyntheticSet
@@ -39,13 +40,14 @@ def test_spec_parses_and_every_row_is_known_and_sourced(path, tmp_path):
     spec = load_spec(path)
     assert [r.id for r in spec.rows] == [r["id"] for r in raw["rows"]]
     for row in raw["rows"]:
-        assert row["method"] in METHODS.names() or row["method"] in ("random", "full"), row["id"]
+        assert row["method"] in METHODS.names() or row["method"] in BASELINES, row["id"]
         if raw["kind"] == "paper":
             assert isinstance(row["paper"]["value"], (int, float)) and row["paper"]["source"].strip(), row["id"]
         if "config" in row:
             config = _raw(path.parent / row["config"])
             assert config["method"] == row["method"] and config["dataset"] == row["dataset"], row["id"]
-        for name in [row.get("buffer")] + row.get("teachers", []):
+        evaluated = (row.get("eval") or {}).get("teachers", (raw.get("eval") or {}).get("teachers", []))
+        for name in [row.get("buffer")] + row.get("teachers", []) + evaluated:
             if name and "/" not in name:
                 assert name in raw["buffers"], f"{row['id']}: unknown recipe {name}"
     # every row's config, options and commands check out: the dry run builds them all, and writes nothing
@@ -136,6 +138,10 @@ def _one_row(**row) -> dict:
     ({"config": "missing.json"}, "config 'missing.json' not found"),
     ({"eval": {"baselines": ["best"]}}, "eval baselines must be among"),
     ({"method": "random"}, "give eval.archs"),
+    ({"eval": {"protocol": "hard", "protocols": ["hard", "teacher"]}}, "give one (a list for several regimes)"),
+    ({"eval": {"protocols": ["hard", "hard"]}}, "a list of distinct protocol names"),
+    ({"eval": {"teachers": "t"}}, "eval 'teachers' must be a list"),
+    ({"eval": {"teachers": ["no_recipe"]}}, "'no_recipe' is neither a buffer recipe"),
 ])
 def test_spec_errors_name_the_row_and_the_fix(tmp_path, row, message):
     with pytest.raises(SpecError) as e:
@@ -386,7 +392,7 @@ def test_the_commands_shown_mean_what_reproduce_runs(path, smoke, tmp_path):
     from dd.cli import command_parser
     from dd.commands.buffer import buffer_config
     from dd.commands.distill import distill_arguments
-    from dd.commands.eval import parse_lr_list, parse_models, protocol_from_args, report_baselines
+    from dd.commands.eval import parse_lr_list, parse_models, parse_protocols, protocol_from_args, report_baselines
     from dd.reproduce import Context, distill_argv, distill_config, eval_argv
     from dd.reproduce.plan import distill_kwargs, eval_kwargs, recipe_plan
 
@@ -403,9 +409,49 @@ def test_the_commands_shown_mean_what_reproduce_runs(path, smoke, tmp_path):
             assert distill_arguments(args, config_data=distill_config(row, smoke)) == distill_kwargs(row, ctx), row.id
         args = command_parser("eval").parse_args(eval_argv(row, ctx))
         want = eval_kwargs(row, ctx)
-        assert protocol_from_args(args).to_dict() == want["protocol"].to_dict(), row.id
+        wanted = want["protocol"] if isinstance(want["protocol"], list) else [want["protocol"]]
+        assert [protocol_from_args(args, name=n).to_dict() for n in parse_protocols(args)] == \
+            [p.to_dict() for p in wanted], row.id
+        assert args.teachers == want["teachers"], row.id
         assert (parse_models(args.models), args.runs, report_baselines(args), args.ipc, args.dataset) == \
             (want["archs"], want["runs"], want["baselines"], want["ipc"], want["dataset"]), row.id
         assert (parse_lr_list(args.lr_search) if args.lr_search else None) == want["lr_search"], row.id
         assert (args.full_epochs or args.epochs or 30, args.runs if args.baseline else 1, args.seed) == \
             (want["full_epochs"], want["full_runs"], want["seed"]), row.id
+
+
+def test_rows_score_several_label_regimes_with_one_teacher_beside_coreset_rows(tmp_path):
+    """A budget-style spec: coreset and random rows beside a distilled set, each scored under hard and teacher in one
+    report with the spec's teacher recipe; the table has one line per regime with its image and label bytes, a
+    rerun reuses everything, and a row scored with another teacher (or other regimes) is scored again."""
+    teacher = {"dataset": "digits", "model": "mlp-bn", "experts": 1, "epochs": 1, "dsa": False}
+    regimes = {"archs": ["mlp"], "epochs": 1, "runs": 1, "protocols": ["hard", "teacher"], "teachers": ["t"]}
+    rows = [{"id": "random", "method": "random", "dataset": "digits", "ipc": 1},
+            {"id": "herding", "method": "herding", "dataset": "digits", "ipc": 1},
+            {"id": "dm", "method": "dm", "dataset": "digits", "ipc": 1, "run": {"iterations": 1, "eval_every": 0}}]
+    spec = {"kind": "bench", "eval": regimes, "buffers": {"t": teacher, "t2": {**teacher, "lr": 0.02}}, "rows": rows}
+    path = _write(tmp_path, spec)
+    lines: list[str] = []
+    assert reproduce(path, out=tmp_path / "out", device="cpu", log=lines.append) == 0, "\n".join(lines[-20:])
+    table = _table(tmp_path / "out")
+    image_bytes = 10 * 1 * 8 * 8 * 4  # one float32 8x8 image per class
+    for rid, e in table.items():
+        assert [g["protocol"] for g in e["regimes"]] == ["hard", "teacher"], rid
+        assert all(set(g["ours"]) == {"mlp"} for g in e["regimes"]), rid
+        assert [g["budget"]["image_bytes"] for g in e["regimes"]] == [image_bytes] * 2, rid
+        assert [g["budget"]["label_bytes"] for g in e["regimes"]] == [10 * 8] * 2, rid  # int64 class ids
+        assert e["regimes"][1]["budget"]["label_source"].startswith("teacher on every view"), rid
+    report = json.loads((tmp_path / "out" / "rows" / "herding" / "eval" / "eval.json").read_text())
+    assert [p["name"] for p in report["meta"]["protocols"]] == ["hard", "teacher"]
+    assert report["meta"]["coreset_network"].endswith("buffers/t")  # the coreset reads the same teacher
+    markdown = (tmp_path / "out" / "table.md").read_text()
+    assert markdown.count("| herding | herding |") == 2 and "| 2,560 | 80 + teacher |" in markdown
+    assert reproduce(path, out=tmp_path / "out", device="cpu", log=lines.append) == 0
+    assert all(s["status"] == "reused" for e in _table(tmp_path / "out").values() for s in e["stages"].values())
+    spec["rows"][1]["eval"] = {"teachers": ["t2"]}
+    spec["rows"][2]["eval"] = {"protocols": ["hard"]}
+    lines.clear()
+    assert reproduce(_write(tmp_path, spec), out=tmp_path / "out", device="cpu", log=lines.append) == 0
+    after = _table(tmp_path / "out")
+    assert [after[r]["stages"]["eval"]["status"] for r in ("random", "herding", "dm")] == ["reused", "ran", "ran"]
+    assert "regimes" in after["dm"] and [g["protocol"] for g in after["dm"]["regimes"]] == ["hard"]

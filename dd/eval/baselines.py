@@ -50,10 +50,17 @@ def label_source(labels: torch.Tensor, protocol, stored=None) -> str:
 
 
 def set_budget(images: torch.Tensor, labels: torch.Tensor, protocol, stored=None, meta: Optional[dict] = None) -> dict:
-    """A set's budget: its image tensor, its label tensor (or stored labels' files), the wall time its metadata
+    """A set's budget: its image tensor, its label tensor (or stored labels' files; under the hard protocol, which
+    trains on their argmax, the class ids of a set's label distributions), the wall time its metadata
     records (`wall_seconds`, written by `ddtk distill` and by the coreset selections; None when not recorded)."""
-    nbytes = stored.nbytes if stored is not None else tensor_bytes(labels)
-    return budget(tensor_bytes(images), nbytes, (meta or {}).get("wall_seconds"), label_source(labels, protocol, stored))
+    source = label_source(labels, protocol, stored)
+    if stored is not None:
+        nbytes = stored.nbytes
+    elif labels.ndim == 2 and protocol.labels == "hard":  # the hard rule trains on the distributions' argmax
+        nbytes, source = 8 * labels.shape[0], "class ids (argmax of the set's label distributions)"
+    else:
+        nbytes = tensor_bytes(labels)
+    return budget(tensor_bytes(images), nbytes, (meta or {}).get("wall_seconds"), source)
 
 
 def real_budget(n: int, dataset, protocol, seconds: Optional[float]) -> dict:

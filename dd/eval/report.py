@@ -68,11 +68,12 @@ class Report:
         return json.loads(Path(path).read_text())
 
 
-def report_matches(path: str | Path, protocol: dict, archs: list, runs: int, baselines: list,
+def report_matches(path: str | Path, protocol, archs: list, runs: int, baselines: list,
                    lr_search: Optional[list], set_name: Optional[str] = None) -> bool:
-    """Was the eval.json at `path` made under this protocol (its to_dict()), these architectures in this order, this
-    many runs, these baseline rows (their report names: 'random-real', 'full') and lr search, with a row of the set
-    named `set_name` (None: a report of baselines alone)?"""
+    """Was the eval.json at `path` made under this protocol (its to_dict(); a list of them: a report of several, in
+    this order), these architectures in this order, this many runs, these baseline rows (their report names:
+    'random-real', 'full', a coreset's name) and lr search, with a row of the set named `set_name` (None: a report of
+    baselines alone)?"""
     path = Path(path)
     if not path.is_file():
         return False
@@ -82,7 +83,9 @@ def report_matches(path: str | Path, protocol: dict, archs: list, runs: int, bas
     others = sorted({r.get("name") for r in rows if r.get("name") != set_name})
     if set_name is not None and not any(r.get("name") == set_name for r in rows):
         return False
-    return (meta.get("protocol") == protocol and meta.get("runs") == runs and names == list(archs)
+    made = meta.get("protocols") or [meta.get("protocol")]
+    return (made == (list(protocol) if isinstance(protocol, list) else [protocol]) and meta.get("runs") == runs
+            and names == list(archs)
             and others == sorted(baselines) and meta.get("lr_search") == lr_search)
 
 

@@ -133,8 +133,11 @@ def eval_status(row: Row, ctx: Context, state: State) -> tuple[str, str]:
     plan = eval_kwargs(row, ctx, ((meta or {}).get("evaluation") or {}).get("protocol"))
     if state.get("rows", row.id, "eval", "set") != fingerprint:
         return "run", "no report of this set yet"
-    if not report_matches(ctx.eval_dir(row) / "eval.json", to_jsonable(plan["protocol"].to_dict()), plan["archs"],
-                          plan["runs"], [BASELINE_ROWS[b] for b in plan["baselines"]], plan["lr_search"],
+    protocols = plan["protocol"] if isinstance(plan["protocol"], list) else [plan["protocol"]]
+    if (state.get("rows", row.id, "eval", "teachers") or []) != list(row.eval.teachers):
+        return "run", "no report scored with these teachers"
+    if not report_matches(ctx.eval_dir(row) / "eval.json", [to_jsonable(p.to_dict()) for p in protocols],
+                          plan["archs"], plan["runs"], [BASELINE_ROWS[b] for b in plan["baselines"]], plan["lr_search"],
                           None if row.baseline else meta.get("method")):
         return "run", "no report with this protocol, architectures, runs and baselines"
     return "reuse", "eval.json was made from this set with the same protocol, architectures and runs"

@@ -220,20 +220,30 @@ def _inputs_on_disk(row: Row, ctx: Context) -> bool:
 
 
 def input_specs(row: Row, ctx: Context) -> tuple[Optional[str], list[str]]:
-    """(buffer, teachers) as the distill command gets them: recipe names become OUT/buffers/NAME (keeping '@E'),
-    anything else (a path, a module:callable) is passed as written; the row's entries win over its config file's."""
-    def resolve(spec: str) -> str:
-        name, expert = split_spec(spec)
-        return f"{ctx.buffer_dir(name)}{'' if expert is None else f'@{expert}'}" if name in ctx.spec.buffers else spec
-
+    """(buffer, teachers) as the distill command gets them (see resolve_input); the row's entries win over its config
+    file's."""
     buffer = row.buffer or row.base.get("buffer")
     teachers = row.teachers or list(row.base.get("teachers", []))
-    return (resolve(buffer) if buffer else None), [resolve(str(t)) for t in teachers]
+    return (resolve_input(buffer, ctx) if buffer else None), [resolve_input(str(t), ctx) for t in teachers]
+
+
+def resolve_input(spec: str, ctx: Context) -> str:
+    """A buffer/teacher spec as the commands get it: a recipe name becomes OUT/buffers/NAME (keeping '@E'), anything
+    else (a path, a module:callable) is passed as written."""
+    name, expert = split_spec(spec)
+    return f"{ctx.buffer_dir(name)}{'' if expert is None else f'@{expert}'}" if name in ctx.spec.buffers else spec
+
+
+def eval_teachers(row: Row, ctx: Context) -> list[str]:
+    """The teachers the row's report is scored with (its eval's `teachers`, resolved; empty: the set's own)."""
+    return [resolve_input(t, ctx) for t in row.eval.teachers]
 
 
 def recipes_of(row: Row, spec: Spec) -> list[str]:
-    """The spec's buffer recipes a row needs (its buffer and the teachers that name one), in order, once each."""
-    names = [row.buffer] + [split_spec(t)[0] for t in row.teachers]
+    """The spec's buffer recipes a row needs (its buffer, the teachers that name one and the teachers its report is
+    scored with), in order, once each; a baseline row needs only the latter."""
+    names = [] if row.baseline else [row.buffer] + [split_spec(t)[0] for t in row.teachers]
+    names += [split_spec(t)[0] for t in row.eval.teachers]
     return [n for n in dict.fromkeys(names) if n and n in spec.buffers]
 
 
@@ -258,7 +268,10 @@ def eval_argv(row: Row, ctx: Context, labels: Optional[str] = None) -> list[str]
         argv += [a for b in ev.baselines for a in ("--baseline", b)] if ev.baselines else ["--no-baselines"]
     argv += ["--models", ",".join(ev.archs), "--runs", str(ev.runs)]
     argv += ["--epochs", str(ev.epochs)] if ev.epochs is not None else []
-    argv += ["--protocol", ev.protocol] if ev.protocol else []
+    argv += ["--protocols", ",".join(ev.protocols)] if ev.protocols else (["--protocol", ev.protocol] if ev.protocol
+                                                                            else [])
+    for t in eval_teachers(row, ctx):
+        argv += ["--teacher", t]
     for k, v in ev.options.items():
         argv += ["--protocol-option", f"{k}={_text(v)}"]
     argv += ["--lr-search", _text(list(ev.lr_search))] if ev.lr_search else []
@@ -289,18 +302,22 @@ def distill_plan(row: Row, ctx: Context, restart: bool = False, verify: str = "o
     return make_plan(**distill_kwargs(row, ctx, restart), verify=verify)
 
 
-def eval_kwargs(row: Row, ctx: Context, recorded=None) -> dict:
+def eval_kwargs(row: Row, ctx: Context, recorded=None, labels: Optional[str] = None) -> dict:
     """The keyword arguments of dd.eval.run.evaluate_set for a row (what `ddtk eval` makes of eval_argv), the set
-    aside; `recorded`: the protocol the set records (used when the row names none)."""
+    aside; `recorded`: the protocol the set records (used when the row names none); `labels`: the stored teacher
+    labels the set records, passed when one of the row's protocols trains from a teacher (they stand in for it)."""
+    from dd.eval.protocol import protocol_rule
     from dd.eval.run import resolve_protocol
 
     ev = row_eval(row, ctx.smoke, ctx)
     baselines = [row.method] if row.baseline else list(ev.baselines)
-    return dict(archs=list(ev.archs), protocol=resolve_protocol(ev.protocol, recorded, epochs=ev.epochs,
-                                                                options=ev.options),
+    protocols = [resolve_protocol(name, recorded, epochs=ev.epochs, options=ev.options) for name in ev.protocol_names]
+    taught = any(protocol_rule(p.labels).needs_teacher for p in protocols)
+    return dict(archs=list(ev.archs), protocol=protocols if ev.protocols else protocols[0],
                 runs=ev.runs, dataset=row.dataset if row.baseline else None, ipc=row.ipc if row.baseline else None,
                 baselines=baselines, full_epochs=ev.epochs or 30, full_runs=ev.runs if baselines else 1,
-                lr_search=[float(v) for v in ev.lr_search] or None, seed=row.seed, data_root=ctx.data_root or None)
+                lr_search=[float(v) for v in ev.lr_search] or None, seed=row.seed, data_root=ctx.data_root or None,
+                teachers=eval_teachers(row, ctx), labels=labels if taught else None)
 
 
 def _input_path(spec: str) -> Path:
@@ -336,11 +353,9 @@ def missing_inputs(rows: list[Row], ctx: Context) -> list[str]:
                          f"{', '.join(dict.fromkeys(ids))}; put it there or pass --data-root")
     absent_inputs: dict[str, list[str]] = {}
     for row in rows:
-        if row.baseline:
-            continue
-        buffer, teachers = input_specs(row, ctx)
+        buffer, teachers = (None, []) if row.baseline else input_specs(row, ctx)
         own = {str(ctx.buffer_dir(n)) for n in recipes_of(row, ctx.spec)}
-        for spec in [buffer, *teachers]:
+        for spec in [buffer, *teachers, *eval_teachers(row, ctx)]:
             if spec and str(_input_path(spec)) not in own and not input_present(spec):
                 absent_inputs.setdefault(spec, []).append(row.id)
     for spec, ids in absent_inputs.items():

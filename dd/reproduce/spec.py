@@ -11,7 +11,15 @@ from typing import Any, Optional
 from dd.teachers import split_spec
 
 
-BASELINE_ROWS = {"random": "random-real", "full": "full"}  # row methods that only evaluate -> their report row names
+def _baseline_rows() -> dict:
+    """Row methods that only evaluate (dd.eval.baselines.BASELINES: random and full data, the coreset selections) ->
+    the names their report rows carry."""
+    from dd.eval.baselines import BASELINES
+
+    return {b: {"random": "random-real"}.get(b, b) for b in BASELINES}
+
+
+BASELINE_ROWS = _baseline_rows()
 
 
 SPEC_KEYS = {"title", "kind", "notes", "seed", "data_root", "eval", "buffers", "rows"}
@@ -21,7 +29,7 @@ ROW_KEYS = {"id", "method", "dataset", "ipc", "config", "options", "run", "buffe
             "eval", "paper", "recorded", "seed", "notes"}
 
 
-EVAL_KEYS = {"protocol", "archs", "epochs", "runs", "options", "baselines", "lr_search"}
+EVAL_KEYS = {"protocol", "protocols", "archs", "epochs", "runs", "options", "baselines", "lr_search", "teachers"}
 
 
 KINDS = ("bench", "paper")
@@ -29,7 +37,9 @@ KINDS = ("bench", "paper")
 
 @dataclass(frozen=True)
 class EvalSpec:
-    """How a row is scored: `ddtk eval` options (None/empty: the protocol the set records, the command's defaults)."""
+    """How a row is scored: `ddtk eval` options (None/empty: the protocol the set records, the command's defaults).
+    `protocols`: several label regimes in one report (`ddtk eval --protocols`), else `protocol` alone; `teachers`:
+    the teacher(s) the teacher protocol distils from (recipe names or paths; empty: the one the set records)."""
 
     protocol: Optional[str] = None
     archs: tuple[str, ...] = ()
@@ -38,6 +48,13 @@ class EvalSpec:
     options: dict = field(default_factory=dict)
     baselines: tuple[str, ...] = ()
     lr_search: tuple[float, ...] = ()
+    protocols: tuple[str, ...] = ()
+    teachers: tuple[str, ...] = ()
+
+    @property
+    def protocol_names(self) -> list:
+        """The protocols the row's report holds, in order ([None]: the one the set records)."""
+        return list(self.protocols) or [self.protocol]
 
 
 @dataclass
@@ -64,7 +81,7 @@ class Row:
 
     @property
     def baseline(self) -> bool:
-        """A random-real or full-data row: evaluated only, nothing distilled."""
+        """A random-real, coreset or full-data row: evaluated only, nothing distilled."""
         return self.method in BASELINE_ROWS
 
 
@@ -160,11 +177,11 @@ def _row(d: dict, index: int, spec_path: Path, eval_defaults: dict, seed: int, k
     if kind == "paper" and paper is None:
         raise SpecError(f"{where}: a paper spec needs the paper's number and its source in every row: "
                         '"paper": {"value": ..., "source": "..."}')
-    for name in [d.get("buffer")] + [split_spec(t)[0] for t in d.get("teachers", [])]:
+    ev = _eval_spec(d.get("eval", {}), eval_defaults, base, where)
+    for name in [d.get("buffer")] + [split_spec(t)[0] for t in list(d.get("teachers", [])) + list(ev.teachers)]:
         if name and name not in buffers and _looks_like_recipe(name):
             raise SpecError(f"{where}: '{name}' is neither a buffer recipe of this spec ({', '.join(buffers) or 'none'}) "
                             "nor a path")
-    ev = _eval_spec(d.get("eval", {}), eval_defaults, base, where)
     if method in BASELINE_ROWS and not ev.archs:
         raise SpecError(f"{where}: a {method} row trains nothing of its own to take an architecture from: give "
                         'eval.archs (here or in the spec\'s "eval")')
@@ -189,12 +206,26 @@ def _eval_spec(row_eval: dict, defaults: dict, base: dict, where: str) -> EvalSp
                                      ("runs", run.get("eval_runs")), ("options", run.get("eval_options")))
                    if v is not None}
     merged = {**defaults, **from_config, **row_eval}
+    if "protocol" in row_eval and "protocols" not in row_eval:
+        merged.pop("protocols", None)  # the row's one protocol replaces the spec's list
+    if "protocols" in row_eval and "protocol" not in row_eval:
+        merged.pop("protocol", None)
+    if merged.get("protocol") is not None and merged.get("protocols"):
+        raise SpecError(f"{where}: eval gives both 'protocol' and 'protocols'; give one (a list for several regimes)")
+    protocols = merged.get("protocols", [])
+    if not isinstance(protocols, list) or not all(isinstance(p, str) and p for p in protocols) \
+            or len(set(protocols)) != len(protocols):
+        raise SpecError(f"{where}: eval 'protocols' must be a list of distinct protocol names, got {protocols!r}")
+    teachers = merged.get("teachers", [])
+    if not isinstance(teachers, list) or not all(isinstance(t, str) and t for t in teachers):
+        raise SpecError(f"{where}: eval 'teachers' must be a list of teacher specs (recipe names or paths), got "
+                        f"{teachers!r}")
     bad = [b for b in merged.get("baselines", []) if b not in BASELINE_ROWS]
     if bad:
         raise SpecError(f"{where}: eval baselines must be among {sorted(BASELINE_ROWS)}, got {bad}")
     return EvalSpec(merged.get("protocol"), tuple(merged.get("archs", ())), merged.get("epochs"),
                     int(merged.get("runs", 5)), dict(merged.get("options", {})), tuple(merged.get("baselines", ())),
-                    tuple(float(v) for v in merged.get("lr_search", ())))
+                    tuple(float(v) for v in merged.get("lr_search", ())), tuple(protocols), tuple(teachers))
 
 
 def select_rows(spec: Spec, ids: Optional[list[str]]) -> list[Row]:

@@ -77,12 +77,12 @@ def ensure_eval(row: Row, ctx: Context, state: State) -> dict:
     path = ctx.distill_dir(row) / "synset.safetensors"
     synset = None if row.baseline else SyntheticSet.load(path)
     evaluation = (synset.meta.get("evaluation") or {}) if synset is not None else {}
-    labels = evaluation.get("labels")
-    ctx.log(f"$ {command_text('eval', eval_argv(row, ctx, labels))}")
+    kwargs = eval_kwargs(row, ctx, evaluation.get("protocol"), evaluation.get("labels"))
+    ctx.log(f"$ {command_text('eval', eval_argv(row, ctx, kwargs['labels']))}")
     t0 = time.perf_counter()
     group = ProcessGroup(resolve_device(ctx.device))
     try:
-        report = evaluate_set(synset, group=group, labels=labels, **eval_kwargs(row, ctx, evaluation.get("protocol")))
+        report = evaluate_set(synset, group=group, **kwargs)
     finally:
         group.close()
     for r in report.rows:
@@ -92,26 +92,40 @@ def ensure_eval(row: Row, ctx: Context, state: State) -> dict:
     ctx.log(f"wrote {j} and {m}")
     record = {"status": "ran", "seconds": time.perf_counter() - t0, "finished": now(),
               "set": None if row.baseline else set_fingerprint(path)}
+    if row.eval.teachers:  # the report's meta does not say which teacher scored it; the state does
+        record["teachers"] = list(row.eval.teachers)
     state.put(record, "rows", row.id, "eval")
     return record
 
 
 def row_result(row: Row, ctx: Context) -> dict:
     """The row's accuracies (percent) per architecture from its eval.json: the set (or baseline) and, when the
-    report has it, the random-real baseline under the same protocol."""
+    report has it, the random-real baseline under the same protocol; with several protocols, `regimes` holds each
+    one's (the top-level fields are the first one's); `budget`: the row's image and label bytes per protocol."""
     report = json.loads((ctx.eval_dir(row) / "eval.json").read_text())
     own = BASELINE_ROWS.get(row.method)
-    ours, random_real = {}, {}
+    meta = report["meta"]
+    names = [p.get("name") for p in meta.get("protocols") or [meta["protocol"]]]
+    regimes = {n: {"ours": {}, "random_real": {}, "budget": None} for n in names}
     for r in report["rows"]:
+        regime = regimes[r["protocol"].get("name") if len(names) > 1 else names[0]]
+        extra = r.get("extra") or {}
         entry = {"mean": 100 * r["mean"], "std": 100 * r["std"], "accs": [100 * a for a in r["accs"]],
-                 "lr": (r.get("extra") or {}).get("lr")}
+                 "lr": extra.get("lr")}
         if (own is None and r["name"] not in BASELINE_ROWS.values()) or r["name"] == own:
-            ours[r["arch"]] = entry
+            regime["ours"][r["arch"]] = entry
+            if "image_bytes" in extra and regime["budget"] is None:
+                regime["budget"] = {k: extra.get(k) for k in ("image_bytes", "label_bytes", "label_source",
+                                                               "labels_exceed_images")}
         elif r["name"] == "random-real":
-            random_real[r["arch"]] = entry
-    protocol = report["meta"]["protocol"]
-    return {"ours": ours, "random_real": random_real or None, "protocol": protocol.get("name"),
-            "epochs": protocol.get("epochs"), "runs": report["meta"].get("runs")}
+            regime["random_real"][r["arch"]] = entry
+    first = regimes[names[0]]
+    result = {"ours": first["ours"], "random_real": first["random_real"] or None, "protocol": names[0],
+              "epochs": meta["protocol"].get("epochs"), "runs": meta.get("runs")}
+    if len(names) > 1 or first["budget"] is not None:
+        result["regimes"] = [{"protocol": n, "ours": g["ours"], "random_real": g["random_real"] or None,
+                              "budget": g["budget"]} for n, g in regimes.items()]
+    return result
 
 
 def now() -> str:

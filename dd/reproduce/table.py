@@ -56,19 +56,27 @@ def render_markdown(spec: Spec, entries: list[dict], buffers: dict, meta: dict) 
     head = ["row", "method", "dataset", "IPC", "protocol", "ours (%)"]
     head += ["paper (%)", "Δ paper"] if has_paper else []
     head += ["recorded (%)", "Δ recorded"] if has_recorded else []
-    head += ["random real, same protocol (%)", "source", "distill", "eval", "artifacts"]
+    head += ["random real, same protocol (%)"]
+    has_budget = any(g.get("budget") for e in entries for g in e.get("regimes") or [])
+    head += ["image bytes", "label bytes"] if has_budget else []
+    head += ["source", "distill", "eval", "artifacts"]
     lines = [f"# {spec.title}", "",
              f"Produced by `{meta['command']}` on {meta['finished']} ({meta['device']}); paths are relative to this "
              "file's directory.", "",
              "Accuracy: last-epoch test accuracy of fresh networks, mean ± std over the runs, in percent; Δ is ours "
              "minus the reference on the first architecture. Wall times are those of the session that finished "
              "each step (a resumed step counts only its last session).", ""]
+    if has_budget:
+        lines += ["Bytes: what a network trains on as stored (float32 images; int64 class ids, float labels or stored "
+                  "teacher labels' files); a teacher-protocol row without stored labels has its teacher run on every "
+                  "view, which no byte count shows ('teacher' below); '> images': more label than image bytes.", ""]
     if meta.get("smoke"):
         lines += ["**Smoke run**: every row shrunk to seconds (1 expert x 1 epoch, 2 iterations, 1 epoch x 1 run); "
                   "the numbers test the pipeline, not the methods.", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in entries:
-        lines.append("| " + " | ".join(_cells(e, has_paper, has_recorded)) + " |")
+        for regime in _regimes(e):
+            lines.append("| " + " | ".join(_cells(regime, has_paper, has_recorded, has_budget)) + " |")
     errors = [e for e in entries if e["error"]]
     if errors:
         lines += ["", "Failed rows:", ""] + [f"- `{e['id']}`: {e['error']}" for e in errors]
@@ -81,7 +89,27 @@ def render_markdown(spec: Spec, entries: list[dict], buffers: dict, meta: dict) 
     return "\n".join(lines) + "\n"
 
 
-def _cells(e: dict, has_paper: bool, has_recorded: bool) -> list[str]:
+def _regimes(e: dict) -> list[dict]:
+    """The entry as table lines: one per label regime (protocol) its report holds, the first carrying the
+    differences from the references; an entry without a report is one line."""
+    regimes = e.get("regimes") or []
+    if len(regimes) <= 1:
+        return [{**e, "budget": regimes[0]["budget"] if regimes else None}]
+    return [{**e, **g, **({} if i == 0 else {"diff_paper": None, "diff_recorded": None})}
+            for i, g in enumerate(regimes)]
+
+
+def _bytes(budget: Optional[dict]) -> list[str]:
+    """The image and label bytes cells of a regime's budget."""
+    if not budget:
+        return ["", ""]
+    labels = f"{budget['label_bytes']:,}"
+    if budget.get("label_source", "").startswith("teacher on every view"):
+        labels += " + teacher"
+    return [f"{budget['image_bytes']:,}", labels + (" (> images)" if budget.get("labels_exceed_images") else "")]
+
+
+def _cells(e: dict, has_paper: bool, has_recorded: bool, has_budget: bool = False) -> list[str]:
     """One Markdown row of the table (see render_markdown)."""
     ours = e.get("ours") or {}
     if e["error"]:
@@ -104,6 +132,7 @@ def _cells(e: dict, has_paper: bool, has_recorded: bool) -> list[str]:
     rr = e.get("random_real") or {}
     cells.append("; ".join(_acc(v) for v in rr.values()) if len(rr) <= 1 else
                  "; ".join(f"{a}: {_acc(v)}" for a, v in rr.items()))
+    cells += _bytes(e.get("budget")) if has_budget else []
     source = (e["paper"] or e["recorded"] or {}).get("source", "")
     stages = e["stages"]
     cells += [source, _duration((stages.get("distill") or {}).get("seconds")) if "distill" in stages else "—",
