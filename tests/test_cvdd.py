@@ -311,3 +311,17 @@ def test_a_prior_run_held_by_another_process_is_waited_for_then_reused(own_commi
     assert "waiting for the prior run" in printed and "command another committee" in printed  # names the holder
     assert got["value"] == old_loop_prior(m.sources[0], m.dataset, cfg, m.post_protocol())[1]
     assert (out / "synset.safetensors").is_file()
+
+
+def test_prior_runs_live_beside_their_teachers_value_cache():
+    """DIR/priors.json and DIR/priors/ for a buffer expert, FILE.priors.json and FILE.priors/ for a checkpoint; a
+    callable member has neither (its prior run has no directory, its value no cache)."""
+    from dd.methods.priors import cache_path, runs_dir
+    from dd.teachers import TeacherSource
+
+    buffer = TeacherSource("runs/bn@2", "buffer", "0" * 64)
+    file = TeacherSource("runs/t.safetensors", "file", "1" * 64)
+    call = TeacherSource("pkg.mod:net", "callable", "2" * 64)
+    assert (cache_path(buffer), runs_dir(buffer)) == (Path("runs/bn/priors.json"), Path("runs/bn/priors"))
+    assert (cache_path(file), runs_dir(file)) == (Path("runs/t.safetensors.priors.json"), Path("runs/t.safetensors.priors"))
+    assert cache_path(call) is None and runs_dir(call) is None
