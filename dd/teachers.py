@@ -111,7 +111,8 @@ def open_teacher(spec: str, teacher_model: Optional[str] = None) -> TeacherSourc
 
 
 def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
-    """Several specs; teacher_model is one architecture for every checkpoint file, or a list with one per spec."""
+    """Several specs; teacher_model is one architecture for every checkpoint file, or a list with one per spec.
+    A TeacherSource already opened is taken as it is (a nested plan's member: not hashed or built again)."""
     specs = list(specs)
     models = teacher_model if isinstance(teacher_model, (list, tuple)) else [teacher_model]
     if len(models) == 1:
@@ -124,7 +125,7 @@ def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
             from dd.models import check_model
 
             check_model(m, "--teacher-model")
-    sources = [open_teacher(s, m) for s, m in zip(specs, models)]
+    sources = [s if isinstance(s, TeacherSource) else open_teacher(s, m) for s, m in zip(specs, models)]
     seen: dict = {}
     for src in sources:
         if src.sha256 in seen:

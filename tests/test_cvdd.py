@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,158 @@ def test_medium_init_and_recovery_with_voters(committee):
         out = m.step(it)
     assert m.voters == [2, 0]  # IPC index 1 of a 3-member committee, pairs in turn
     assert any(k.startswith("bn/") for k in out)
+
+
+@pytest.fixture
+def own_committee(committee, tmp_path):
+    """The committee's buffer copied without its prior caches: a test that counts prior runs starts from none."""
+    import shutil
+
+    root = tmp_path / "bn"
+    shutil.copytree(committee[0], root, ignore=shutil.ignore_patterns("priors*", ".*"))
+    return [str(root), f"{root}@1"]
+
+
+def old_loop_prior(source, dataset, config, protocol):
+    """The prior as measured before it was a nested plan: CDA stepped by hand outside the driver (the reference)."""
+    from dd.eval import evaluate
+    from dd.methods.base import Inputs
+    from dd.methods.sre2l import CDA, CDAConfig
+
+    train, val = dataset.split_validation(0.1, seed=0)
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(CDAConfig)}
+    cfg = CDAConfig(**{**values, "init": "real" if config.init in ("real", "medium") else "noise", "relabel_epochs": 0})
+    m = CDA(cfg, train, config.prior_ipc, "cpu", torch.Generator().manual_seed(0), Inputs(teachers=[source]))
+    m.init_synset()
+    for it in range(m.num_steps(config.prior_iterations)):
+        m.step(it)
+    s = m.current_set()
+    s.meta["dataset"] = "digits"
+    row = evaluate(s, config.model, protocol.with_(epochs=config.prior_epochs), runs=1, dataset=val, device="cpu",
+                   teacher=source.module(dataset), progress=False)
+    return s, 100.0 * row.mean
+
+
+def _prior_setup(specs, **prior):
+    m = build_method("cvdd", "digits", 2, {"batch_classes": 10, "prior": "teacher"}, teachers=specs, seed=0)
+    cfg = dataclasses.replace(m.config, prior="distilled", prior_ipc=2, prior_iterations=3, prior_epochs=2, **prior)
+    return m, cfg
+
+
+def test_a_distilled_prior_is_a_nested_cda_run_with_the_old_loops_set_and_value(own_committee):
+    """The member's CDA run goes through the driver into a directory of its own beside the teacher (named in
+    priors.json); its set and the prior are bit-identical to the hand-stepped loop's, for both starts."""
+    from dd.methods.priors import member_priors
+    from dd.synset import SyntheticSet
+
+    root = Path(own_committee[0])
+    for init in ("medium", "noise"):
+        m, cfg = _prior_setup(own_committee, init=init)
+        [got] = member_priors(m.sources[:1], m.dataset, cfg, "cpu", m.post_protocol())
+        want_set, want = old_loop_prior(m.sources[0], m.dataset, cfg, m.post_protocol())
+        assert got["value"] == want and not got["cached"]
+        run = root / json.loads((root / "priors.json").read_text())[got["key"]]["run"]
+        assert run.parent == root / "priors" and run.name.startswith("cda-ipc2-")
+        saved = SyntheticSet.load(run / "synset.safetensors")
+        assert torch.equal(saved.images, want_set.images) and torch.equal(saved.labels, want_set.labels)
+        ident = json.loads((run / "config.json").read_text())
+        assert ident["method"] == "cda" and ident["seed"] == 0 and ident["ipc"] == 2
+        assert ident["config"]["init"] == ("real" if init == "medium" else "noise")
+        assert ident["config"]["relabel_epochs"] == 0
+        assert [t["sha256"] for t in ident["inputs"]["teachers"]] == [m.sources[0].sha256]
+    assert len(list((root / "priors").iterdir())) == 2  # one run per start
+
+
+def test_a_killed_prior_run_resumes_from_its_checkpoint(own_committee, monkeypatch, capsys):
+    """Killed after 4 of its 6 steps (2 batches x 3 iterations, a checkpoint after every step), the prior's rerun
+    takes the 2 steps left and measures the value the uninterrupted loop does."""
+    from dd.methods import priors
+    from dd.methods.sre2l import CDA
+
+    m, cfg = _prior_setup(own_committee)
+    monkeypatch.setattr(priors, "PRIOR_RUN", {**priors.PRIOR_RUN, "checkpoint_every": 1})
+    step, calls = CDA.step, []
+
+    def killed_after_4(self, it):
+        if len(calls) == 4:
+            raise KeyboardInterrupt("killed")
+        calls.append(it)
+        return step(self, it)
+
+    monkeypatch.setattr(CDA, "step", killed_after_4)
+    with pytest.raises(KeyboardInterrupt):
+        priors.member_priors(m.sources[:1], m.dataset, cfg, "cpu", m.post_protocol())
+    root = Path(own_committee[0])
+    cache = json.loads((root / "priors.json").read_text())  # the committee's 'teacher' priors only
+    assert {v["settings"]["prior"] for v in cache.values()} == {"teacher"}
+    assert len(list((root / "priors").iterdir())) == 1  # the killed run's directory, with its checkpoint
+    calls.clear()
+    monkeypatch.setattr(CDA, "step", lambda self, it: calls.append(it) or step(self, it))
+    capsys.readouterr()
+    [got] = priors.member_priors(m.sources[:1], m.dataset, cfg, "cpu", m.post_protocol())
+    assert calls == [4, 5] and "resuming cda from iteration 4" in capsys.readouterr().out
+    assert got["value"] == old_loop_prior(m.sources[0], m.dataset, cfg, m.post_protocol())[1]
+
+
+def test_a_second_committee_reuses_the_prior_runs(own_committee, tmp_path, monkeypatch):
+    """A second CV-DD run with the same members runs no prior: the values come from priors.json; without it, the
+    nested runs are found finished by their identity (the driver resumes them at their last step: no step runs)."""
+    from dd.methods import driver
+    from dd.methods.sre2l import CDA
+
+    plans, steps = [], []
+    run_plan, step = driver.run_plan, CDA.step
+    monkeypatch.setattr(driver, "run_plan", lambda plan: plans.append(plan.method.name) or run_plan(plan))
+    monkeypatch.setattr(CDA, "step", lambda self, it: steps.append(self.name) or step(self, it))
+    run = {"iterations": 2, "eval_every": 0, "eval_runs": 0, "progress": False}
+    cfg = {"batch_classes": 10, "prior": "distilled", "prior_ipc": 1, "prior_iterations": 2, "prior_epochs": 1,
+           "model": "convnet-d2"}
+    first = distill("cvdd", "digits", 1, out=tmp_path / "a", teachers=own_committee, config=cfg, run=run, device="cpu")
+    assert plans == ["cvdd", "cda", "cda"] and steps.count("cda") == 2 * 2  # 1 batch x 2 iterations per member
+    values = [c["prior"]["value"] for c in first.synset.meta["committee"]]
+    plans.clear(), steps.clear()
+    again = distill("cvdd", "digits", 1, out=tmp_path / "b", teachers=own_committee, config=cfg, run=run, device="cpu")
+    assert plans == ["cvdd"] and "cda" not in steps
+    assert [c["prior"] for c in again.synset.meta["committee"]] == [{**c["prior"], "cached": True}
+                                                                     for c in first.synset.meta["committee"]]
+    Path(own_committee[0], "priors.json").unlink()
+    plans.clear(), steps.clear()
+    third = distill("cvdd", "digits", 1, out=tmp_path / "c", teachers=own_committee, config=cfg, run=run, device="cpu")
+    assert plans == ["cvdd", "cda", "cda"] and "cda" not in steps
+    assert [c["prior"]["value"] for c in third.synset.meta["committee"]] == values
+    assert torch.equal(third.synset.images, first.synset.images)
+
+
+def test_a_prior_run_held_by_another_process_is_waited_for_then_reused(own_committee, monkeypatch, capsys):
+    """While another writer holds the prior's directory (the same member's prior for another committee) the
+    measurement waits instead of failing; once the holder lets go it runs (here: the whole run) and measures."""
+    import threading
+
+    from dd.lock import OutputLock
+    from dd.methods import priors
+
+    m, cfg = _prior_setup(own_committee)
+    monkeypatch.setattr(priors, "LOCK_POLL_S", 0.05)
+    train, _ = m.dataset.split_validation(0.1, seed=0)
+    out = priors.prior_plan(m.sources[0], train, cfg, "cpu").out
+    holder = OutputLock(out, command="another committee").acquire()
+    threading.Timer(0.5, holder.release).start()
+    [got] = priors.member_priors(m.sources[:1], m.dataset, cfg, "cpu", m.post_protocol())
+    printed = capsys.readouterr().out
+    assert "waiting for the prior run" in printed and "command another committee" in printed  # names the holder
+    assert got["value"] == old_loop_prior(m.sources[0], m.dataset, cfg, m.post_protocol())[1]
+    assert (out / "synset.safetensors").is_file()
+
+
+def test_prior_runs_live_beside_their_teachers_value_cache():
+    """DIR/priors.json and DIR/priors/ for a buffer expert, FILE.priors.json and FILE.priors/ for a checkpoint; a
+    callable member has neither (its prior run has no directory, its value no cache)."""
+    from dd.methods.priors import cache_path, runs_dir
+    from dd.teachers import TeacherSource
+
+    buffer = TeacherSource("runs/bn@2", "buffer", "0" * 64)
+    file = TeacherSource("runs/t.safetensors", "file", "1" * 64)
+    call = TeacherSource("pkg.mod:net", "callable", "2" * 64)
+    assert (cache_path(buffer), runs_dir(buffer)) == (Path("runs/bn/priors.json"), Path("runs/bn/priors"))
+    assert (cache_path(file), runs_dir(file)) == (Path("runs/t.safetensors.priors.json"), Path("runs/t.safetensors.priors"))
+    assert cache_path(call) is None and runs_dir(call) is None
