@@ -2,8 +2,6 @@
 `evaluate_set`; the typed input specs (dd.specs); DD-Ranking scores through the row runner, spread over ranks."""
 import dataclasses
 import json
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -22,7 +20,7 @@ from dd.eval.run import evaluate_set
 from dd.eval.scores import add_scores
 from dd.specs import BufferSpec, TeacherSpec, parse_spec
 from dd.synset import SyntheticSet
-from test_eval_distributed import ENV, ThreadRanks, _free_port, fake_training
+from test_eval_distributed import ThreadRanks, fake_training, one_and_two_ranks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +66,6 @@ def test_a_bad_option_is_refused_before_any_data_is_read(set_file, no_data, caps
 
 
 def test_a_teacher_of_another_dataset_is_refused_before_any_data(set_file, no_data, tmp_path, capsys):
-    torch.manual_seed(0)
     teacher = tmp_path / "t.safetensors"
     save_file({"w": torch.zeros(1)}, str(teacher), metadata={"model": "mlp", "dataset": "mnist10k"})
     assert main(["eval", str(set_file), "--protocol", "teacher", "--teacher", str(teacher), "--device", "cpu"]) == 2
@@ -153,17 +150,9 @@ def test_score_rows_spread_over_ranks_equal_one_process(digits, monkeypatch):
 def test_torchrun_two_ranks_give_one_process_scores(set_file, tmp_path):
     args = ["eval", str(set_file), "--scores", "--models", "mlp", "--runs", "2", "--epochs", "2", "--device", "cpu",
             "--seed", "3"]
-    one = subprocess.run([sys.executable, "-m", "dd", *args, "--out", str(tmp_path / "one")], env=ENV,
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-              f"--master_port={_free_port()}"]
-    two = subprocess.run([*launch, "-m", "dd", *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True,
-                         text=True, timeout=300)
-    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
-    a, b = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("one", "two"))
+    a, b, stdout = one_and_two_ranks(args, tmp_path)
     assert b["meta"]["scores"] == a["meta"]["scores"]
     assert [r["accs"] for r in b["rows"]] == [r["accs"] for r in a["rows"]]
     accs = a["meta"]["scores"]["mlp"]["accuracies"]
     assert len(accs["syn_plain"]["accs"]) == 2 and accs["syn_plain"]["dsa"] is False  # a row of the scores' own
-    assert b["meta"]["processes"] == 2 and two.stdout.count("DD-Ranking scores") == 1
+    assert b["meta"]["processes"] == 2 and stdout.count("DD-Ranking scores") == 1

@@ -134,9 +134,6 @@ def without_augmentation(p: Protocol) -> Protocol:
 
 # ---- measuring the accuracies with the harness: rows planned like a report's, run by its row runner ------------
 
-ACCURACIES = ("syn_hard", "full_hard", "syn_own", "random_own", "syn_aug", "random_aug", "syn_plain", "random_plain")
-
-
 def _key(kind: str, arch: str, protocol: dict, runs: int) -> tuple:
     return kind, arch, json.dumps(protocol, sort_keys=True, default=list), runs
 
@@ -155,7 +152,7 @@ def _reusable(rows: Sequence[EvalResult], set_name: str) -> dict[tuple, EvalResu
 def score_rows(synset, arch: str, protocol: str | Protocol | None = None, runs: int = 5, *, dataset=None,
                hard_protocol: str | Protocol | None = None, ipc: Optional[int] = None, full_epochs: int = 30,
                full_runs: int = 1, seed: int = 0, teacher=None, labels=None) -> dict[str, tuple[tuple, RowPlan]]:
-    """{accuracy name (ACCURACIES): (key, row plan)}: the report rows whose mean accuracies the scores of `synset` on
+    """{accuracy name (as `scores_from_accuracies` reads them): (key, row plan)}: the report rows whose mean accuracies the scores of `synset` on
     `arch` read; rows that coincide (e.g. the own protocol is hard with DSA, so syn_hard = syn_own = syn_aug) have
     equal keys and run once. protocol: the set's own for IOR and ARS (default: the one it records, else hard);
     hard_protocol: HLR's (default `hard_protocol_for(own)`); stored teacher `labels` are used where the protocol
