@@ -156,3 +156,20 @@ def test_torchrun_two_ranks_give_one_process_scores(set_file, tmp_path):
     accs = a["meta"]["scores"]["mlp"]["accuracies"]
     assert len(accs["syn_plain"]["accs"]) == 2 and accs["syn_plain"]["dsa"] is False  # a row of the scores' own
     assert b["meta"]["processes"] == 2 and stdout.count("DD-Ranking scores") == 1
+
+
+def test_scores_reuse_the_sets_row_not_a_coreset_row_under_the_same_protocol(digits, monkeypatch):
+    """A herding row trains real images on class ids under the set's (hard) protocol: same architecture, protocol and
+    runs as the set's row, yet it is no measurement of the set."""
+    from dd.eval.harness import EvalResult
+
+    s = SyntheticSet.from_real(digits, 2, torch.Generator().manual_seed(0))
+    own = Protocol(epochs=2)
+    monkeypatch.setattr(H, "train_and_test", lambda *a, **k: 0.5)
+    rows = [EvalResult("synthetic", "mlp", "digits", [0.7, 0.7], own.to_dict(), 2),
+            EvalResult("herding", "mlp", "digits", [0.1, 0.1], own.to_dict(), 2)]
+    from dd.eval.report import Report
+
+    scored = add_scores(Report(rows), s, ["mlp"], own, 2, dataset=digits, full_epochs=2, device="cpu", progress=False)
+    accs = scored.meta["scores"]["mlp"]["accuracies"]
+    assert accs["syn_own"]["accs"] == [0.7, 0.7] and accs["syn_plain"]["accs"] == [0.5, 0.5]
