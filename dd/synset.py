@@ -128,11 +128,8 @@ class SyntheticSet:
         try:
             header, tensors = read_safetensors(path)
         except Exception as e:
-            raise SyntheticSetError(f"'{path}' is not a readable safetensors file ({e}); it may be truncated or "
-                                    "corrupted: re-create it or restore it from a copy") from e
-        if header.get("format") != FORMAT:
-            raise SyntheticSetError(f"'{path}' is a safetensors file but not a dd synthetic set (format "
-                                    f"{header.get('format')!r}, expected {FORMAT!r})")
+            raise _unreadable(path, e) from e
+        _check_format(path, header)
         expected = json.loads(header["sha256"])
         for k, v in tensors.items():
             if expected.get(k) != _digest(v):
@@ -204,6 +201,31 @@ def read_header(path: str | os.PathLike) -> Optional[dict]:
     from dd.utils import safetensors_header
 
     return safetensors_header(path) if Path(path).is_file() else None
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """A set file's metadata (what `load(path).meta` holds) without reading its tensors, for plans made before any
+    data is read; refused as `load` refuses it. Only for .safetensors sets (a .pt import has no header)."""
+    path = Path(path)
+    if not path.exists():
+        raise SyntheticSetError(f"no synthetic set at '{path}'")
+    try:
+        header = read_safetensors(path, tensors=False)[0]
+    except Exception as e:
+        raise _unreadable(path, e) from e
+    _check_format(path, header)
+    return json.loads(header["meta"])
+
+
+def _unreadable(path: Path, e: Exception) -> SyntheticSetError:
+    return SyntheticSetError(f"'{path}' is not a readable safetensors file ({e}); it may be truncated or corrupted: "
+                             "re-create it or restore it from a copy")
+
+
+def _check_format(path: Path, header: dict) -> None:
+    if header.get("format") != FORMAT:
+        raise SyntheticSetError(f"'{path}' is a safetensors file but not a dd synthetic set (format "
+                                f"{header.get('format')!r}, expected {FORMAT!r})")
 
 
 def content_digest(path: str | os.PathLike) -> Optional[str]:

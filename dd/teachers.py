@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,8 +25,8 @@ from torch import nn
 from dd.registry import call_user, import_callable
 from dd.utils import read_safetensors, sha256_bytes, sha256_file
 from dd.data.base import base_name
+from dd.specs import CHECKPOINT_SUFFIXES, SPEC_GRAMMAR, TeacherSpec, parse_spec, split_spec  # noqa: F401 (re-exported)
 
-CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 _STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "teacher")
 
 
@@ -76,38 +75,15 @@ class TeacherSource:
         return self._module.to(device)
 
 
-SPEC_GRAMMAR = ("DIR or DIR@E (a `ddtk buffer` directory, expert number E >= 0, default 0), a checkpoint file "
-                f"({', '.join(CHECKPOINT_SUFFIXES)}), or package.module:callable")
-
-
-def split_spec(spec) -> tuple[str, Optional[int]]:
-    """'DIR@E' -> ('DIR', E), anything else -> (spec, None): the one parser of the expert suffix (teachers, reproduce
-    recipes, cache paths). An existing path is taken whole, so a directory whose name holds '@' still works."""
-    spec = str(spec)
-    if "@" not in spec or Path(spec).exists():
-        return spec, None
-    base, _, expert = spec.rpartition("@")
-    if not base or not re.fullmatch(r"[0-9]+", expert):
-        raise ValueError(f"teacher '{spec}': '@{expert}' is not an expert number; a teacher spec is {SPEC_GRAMMAR}")
-    return base, int(expert)
-
-
-def open_teacher(spec: str, teacher_model: Optional[str] = None) -> TeacherSource:
-    """Parses and hashes a teacher spec (see the module docstring); errors name the spec and the fix."""
-    spec = str(spec)
-    path, expert = split_spec(spec)
-    if Path(path).is_dir():
-        return _from_buffer(spec, Path(path), expert or 0)
-    if expert is not None:
-        raise FileNotFoundError(f"teacher '{spec}': '{path}' is not a `ddtk buffer` directory; a teacher spec is "
-                                f"{SPEC_GRAMMAR}")
-    if Path(spec).is_file():
-        return _from_file(spec, Path(spec), teacher_model)
-    if ":" in spec and not spec.endswith(CHECKPOINT_SUFFIXES) and not Path(spec).exists():
-        return _from_callable(spec)
-    what = "is not a regular file or directory" if Path(spec).exists() else "does not exist"
-    raise FileNotFoundError(f"teacher '{spec}' is neither a buffer directory, a checkpoint file nor a callable (it "
-                            f"{what}); a teacher spec is {SPEC_GRAMMAR}; train one with `ddtk buffer --experts 1 --out DIR`")
+def open_teacher(spec: str | TeacherSpec, teacher_model: Optional[str] = None) -> TeacherSource:
+    """Parses (dd.specs.parse_spec) and hashes a teacher spec (see the module docstring); errors name the spec and
+    the fix."""
+    parsed = parse_spec(spec, "teacher")
+    if parsed.kind == "buffer":
+        return _from_buffer(parsed.text, Path(parsed.path), parsed.expert)
+    if parsed.kind == "file":
+        return _from_file(parsed.text, Path(parsed.path), teacher_model)
+    return _from_callable(parsed.text)
 
 
 def open_teachers(specs, teacher_model=None) -> list[TeacherSource]:
@@ -234,9 +210,9 @@ class Committee(nn.Module):
         return sum(w * m(x) for w, m in zip(self.weights, self.members))
 
 
-def teacher_from_records(records: list[dict], dataset, device="cpu", weights: Optional[list[float]] = None) -> nn.Module:
-    """Re-opens the teachers a set's metadata names, checks each hash, and returns one module (a Committee if several)."""
-    members = []
+def open_recorded(records: list[dict]) -> list[TeacherSource]:
+    """Re-opens the teachers a set's metadata names and checks each one's hash against the record."""
+    sources = []
     for rec in records:
         try:
             src = open_teacher(rec["spec"], rec.get("arch") if rec.get("kind") == "file" else None)
@@ -247,7 +223,18 @@ def teacher_from_records(records: list[dict], dataset, device="cpu", weights: Op
         if rec.get("sha256") and src.sha256 != rec["sha256"]:
             raise ValueError(f"teacher '{rec['spec']}' has changed since the set was made (sha256 {src.sha256[:12]}... "
                              f"vs recorded {rec['sha256'][:12]}...); pass the original teacher with --teacher")
-        members.append(src.module(dataset, device))
+        sources.append(src)
+    return sources
+
+
+def recorded_module(sources: list[TeacherSource], dataset, device="cpu", weights: Optional[list[float]] = None) -> nn.Module:
+    """One module of a set's recorded teachers (open_recorded): the teacher itself, or a Committee of several."""
+    members = [src.module(dataset, device) for src in sources]
     if len(members) == 1 and not weights:
         return members[0]
     return Committee(members, weights or [1.0 / len(members)] * len(members)).to(device)
+
+
+def teacher_from_records(records: list[dict], dataset, device="cpu", weights: Optional[list[float]] = None) -> nn.Module:
+    """Re-opens the teachers a set's metadata names, checks each hash, and returns one module (a Committee if several)."""
+    return recorded_module(open_recorded(records), dataset, device, weights)

@@ -142,12 +142,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_ranks_report_one_process_accuracies(digits, tmp_path):
-    """Issue 12, acceptance 3: runs (and lr-search candidates) dealt to 2 gloo ranks, gathered on rank 0; every
-    row's per-run accuracies equal one process's with the same seed, and only rank 0 prints and writes."""
-    path = SyntheticSet.from_real(digits, 2, torch.Generator().manual_seed(0)).save(tmp_path / "set.safetensors")
-    args = ["eval", str(path), "--models", "convnet-d1,mlp", "--runs", "4", "--dataset", "digits", "--epochs", "2",
-            "--lr-search", "0.01,0.1", "--device", "cpu", "--seed", "3"]
+def one_and_two_ranks(args: list, tmp_path) -> tuple[dict, dict, str]:
+    """`ddtk ARGS` in one process (--out tmp_path/one) and under torchrun with 2 gloo ranks (tmp_path/two): both
+    eval.json reports and the torchrun's stdout."""
     one = subprocess.run([sys.executable, "-m", "dd", *args, "--out", str(tmp_path / "one")], env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
@@ -157,6 +154,16 @@ def test_torchrun_two_ranks_report_one_process_accuracies(digits, tmp_path):
                          text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     a, b = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("one", "two"))
+    return a, b, two.stdout
+
+
+def test_torchrun_two_ranks_report_one_process_accuracies(digits, tmp_path):
+    """Issue 12, acceptance 3: runs (and lr-search candidates) dealt to 2 gloo ranks, gathered on rank 0; every
+    row's per-run accuracies equal one process's with the same seed, and only rank 0 prints and writes."""
+    path = SyntheticSet.from_real(digits, 2, torch.Generator().manual_seed(0)).save(tmp_path / "set.safetensors")
+    args = ["eval", str(path), "--models", "convnet-d1,mlp", "--runs", "4", "--dataset", "digits", "--epochs", "2",
+            "--lr-search", "0.01,0.1", "--device", "cpu", "--seed", "3"]
+    a, b, stdout = one_and_two_ranks(args, tmp_path)
     rows = [(r["name"], r["arch"], r["accs"], r.get("extra")) for r in a["rows"]]
     assert [(r["name"], r["arch"], r["accs"], r.get("extra")) for r in b["rows"]] == rows
     assert [(n, arch, len(accs)) for n, arch, accs, _ in rows] == [
@@ -164,5 +171,5 @@ def test_torchrun_two_ranks_report_one_process_accuracies(digits, tmp_path):
         ("synthetic", "mlp", 4), ("random-real", "mlp", 4), ("full", "mlp", 1)]
     assert len({acc for _, _, accs, _ in rows for acc in accs}) > 4  # real trainings, not one constant
     assert (a["meta"]["processes"], b["meta"]["processes"]) == (1, 2) and b["meta"]["wall_seconds"] > 0
-    assert two.stdout.count("| set | arch |") == 1 and two.stdout.count("wrote ") == 1  # rank 0 alone reports
+    assert stdout.count("| set | arch |") == 1 and stdout.count("wrote ") == 1  # rank 0 alone reports
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["eval.json", "eval.md"]

@@ -97,18 +97,23 @@ def report_baselines(args) -> list[str]:
     return list(args.baseline or ([] if args.no_baselines else ["random", "full"]))
 
 
+def protocol_overrides(args) -> dict:
+    """The protocol options given on the command line, as dd.eval.plan.resolve_protocol's keyword arguments."""
+    from dd.utils import parse_assignments
+
+    return dict(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+                temperature=args.temperature, teacher_bn=args.teacher_bn, mix=args.mix,
+                options=parse_assignments(args.protocol_options, "--protocol-option"),
+                names={k: "--" + k.replace("_", "-") for k in ("epochs", "lr", "batch_size", "optimizer",
+                                                                "temperature", "teacher_bn", "mix")})
+
+
 def protocol_from_args(args, recorded: dict | None = None, name: str | None = None):
     """The protocol `name`, else the one named on the command line, else the one a set records, else hard, with
     every option applied."""
-    from dd.eval.run import resolve_protocol
-    from dd.utils import parse_assignments
+    from dd.eval.plan import resolve_protocol
 
-    return resolve_protocol(name if name is not None else args.protocol, recorded, epochs=args.epochs, lr=args.lr,
-                            batch_size=args.batch_size, optimizer=args.optimizer, temperature=args.temperature,
-                            teacher_bn=args.teacher_bn, mix=args.mix,
-                            options=parse_assignments(args.protocol_options, "--protocol-option"),
-                            names={k: "--" + k.replace("_", "-") for k in ("epochs", "lr", "batch_size", "optimizer",
-                                                                            "temperature", "teacher_bn", "mix")})
+    return resolve_protocol(name if name is not None else args.protocol, recorded, **protocol_overrides(args))
 
 
 def parse_protocols(args) -> list:
@@ -138,38 +143,43 @@ def run(args) -> int:
         group.close()
 
 
-def _run(args, group) -> int:
+def eval_plan(args):
+    """argv -> dd.eval.plan.EvalPlan: every option checked and every input opened, no data read."""
     from dd.cli import data_options
-    from dd.eval.run import evaluate_set
-    from dd.eval.scores import check_weight
-    from dd.synset import SyntheticSet
-
     from dd.commands.distill import check_teacher_model
+    from dd.eval.plan import make_eval_plan
+    from dd.eval.scores import check_weight
 
     check_teacher_model(args.teachers, args.teacher_model)
-    check_weight(args.lrs_weight, "--lrs-weight")  # before any training (and with or without --scores)
+    check_weight(args.lrs_weight, "--lrs-weight")  # with or without --scores
     check_weight(args.ars_weight, "--ars-weight")
     lr_search = parse_lr_list(args.lr_search) if args.lr_search is not None else None
     if lr_search and args.lr is not None:
         raise ValueError("--lr fixes the lr and --lr-search chooses it: give one (the full-data baseline's lr can be "
                          "set with --protocol-option lr=VALUE)")
     archs = parse_models(args.models)
-    synset = SyntheticSet.load(args.synset) if args.synset else None
-    if synset is None and not args.baseline:
+    if args.synset is None and not args.baseline:
         raise ValueError("give a synthetic set file or --baseline NAME")
-    recorded = ((synset.meta.get("evaluation") or {}).get("protocol")) if synset is not None else None
-    protocols = [protocol_from_args(args, recorded, n) for n in parse_protocols(args)]
-    if synset is not None and "wall_seconds" not in synset.meta:
+    defaults = {}
+    if args.synset:
         from dd.methods.driver import logged_seconds
 
-        synset.meta["wall_seconds"] = logged_seconds(Path(args.synset).parent)  # the budget's time (None: no log)
-    report = evaluate_set(synset, archs, protocols, args.runs, group=group,
-                          dataset=args.dataset, zca=args.zca, ipc=args.ipc, baselines=report_baselines(args),
+        defaults["wall_seconds"] = logged_seconds(Path(args.synset).parent)  # the budget's time (None: no log)
+    names = [args.protocol if n is None else n for n in parse_protocols(args)]  # None: the set's recorded one
+    return make_eval_plan(args.synset, archs, names, args.runs, dataset=args.dataset, zca=args.zca,
+                          ipc=args.ipc, baselines=report_baselines(args),
                           full_epochs=args.full_epochs or args.epochs or 30,
                           full_runs=args.runs if args.baseline else 1, teachers=args.teachers,
                           teacher_model=args.teacher_model, labels=args.labels, lr_search=lr_search,
                           scores=(args.lrs_weight, args.ars_weight) if args.scores else None, seed=args.seed,
-                          data_root=args.data_root, data_options=data_options(args), coreset_net=args.coreset_net)
+                          data_root=args.data_root, data_options=data_options(args), coreset_net=args.coreset_net,
+                          protocol_overrides=protocol_overrides(args), set_defaults=defaults)
+
+
+def _run(args, group) -> int:
+    from dd.eval.run import evaluate
+
+    report = evaluate(eval_plan(args), group)
     if report is None:  # a rank > 0 under torchrun
         return 0
     for r in report.rows:

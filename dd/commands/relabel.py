@@ -20,41 +20,20 @@ def add_parser(sub, name):
 
 
 def run(args) -> int:
-    from dd.commands.eval import protocol_from_args
-    from dd.eval.protocol import protocol_rule
-    from dd.eval.rules import Teacher
-    from dd.eval.run import teacher_for
     from dd.cli import data_options
-    from dd.data import load_dataset
-    from dd.eval.harness import options_for_set
-    from dd.eval.labels import StoredLabels, relabel
-    from dd.synset import SyntheticSet
-    from dd.teachers import open_teachers
+    from dd.commands.distill import check_teacher_model
+    from dd.commands.eval import protocol_overrides
+    from dd.eval.labels import StoredLabels
+    from dd.eval.plan import make_relabel_plan
+    from dd.eval.run import relabel_set
     from dd.utils import resolve_device
 
-    from dd.commands.distill import check_teacher_model
-
-    device = resolve_device(args.device)
     check_teacher_model(args.teachers, args.teacher_model)
-    if not args.out:
-        raise ValueError("ddtk relabel needs --out DIR (the label directory)")
-    if args.epochs is None:
-        raise ValueError("ddtk relabel needs --epochs E (how many epochs of views to store; training cycles through them)")
-    synset = SyntheticSet.load(args.synset)
-    protocol = protocol_from_args(args, (synset.meta.get("evaluation") or {}).get("protocol") or "teacher")
-    if not isinstance(protocol_rule(protocol.labels), Teacher):  # the teacher protocol or a user's subclass of it
-        raise ValueError(f"the set is scored under the '{protocol.name}' protocol but stored labels are teacher labels "
-                         "(the views and loss of the teacher protocol): pass --protocol teacher (with --teacher SPEC "
-                         "if the set records no teacher)")
-    dataset = load_dataset(synset.meta["dataset"], root=args.data_root, zca=bool(synset.meta.get("zca")),
-                           **options_for_set(synset.meta["dataset"], synset.meta, data_options(args)))
-    teacher = teacher_for(args.teachers, args.teacher_model, synset, dataset, device)
-    if teacher is None:
-        raise ValueError("pass --teacher SPEC (the set records no teacher)")
-    records = ([t.describe() for t in open_teachers(args.teachers, args.teacher_model)] if args.teachers
-               else synset.meta["evaluation"]["teachers"])
-    out = relabel(synset.images, teacher, protocol, args.epochs, args.out, seed=args.seed, topk=args.topk,
-                  flip=dataset.flip_ok, teachers=records, device=device)
+    plan = make_relabel_plan(args.synset, args.out, args.epochs, protocol=args.protocol,
+                             protocol_overrides=protocol_overrides(args), teachers=args.teachers or (),
+                             teacher_model=args.teacher_model, topk=args.topk, seed=args.seed,
+                             data_root=args.data_root, data_options=data_options(args))
+    out, synset = relabel_set(plan, resolve_device(args.device))
     labels = StoredLabels(out)
     print(f"wrote {labels.epochs} epochs of labels for {len(synset)} images to {out} ({labels.nbytes:,} bytes; the "
           f"images take {synset.images.numel() * synset.images.element_size():,} bytes)")

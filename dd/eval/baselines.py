@@ -75,12 +75,11 @@ def coreset_row(selector: Selector, method: str, ipc: int, arch: str, protocol, 
     the selection drawn with generator seed 10_000 + s (k-center's first center, forgetting's ties; herding has no
     randomness). Selections are made here, before any run; the row's made_seconds is the first one's wall time.
     lr_search: as for random real, on a selection made from the training data minus the validation split."""
-    from dd.eval.harness import (LR_SEARCH_VAL_FRACTION, LR_SEARCH_VAL_SEED, LrSearch, RowPlan, _for_real_images,
-                                 _lr_candidates)
-    from dd.eval.protocol import get_protocol
+    from dd.eval.harness import LR_SEARCH_VAL_FRACTION, LR_SEARCH_VAL_SEED, LrSearch, RowPlan, lr_candidates
+    from dd.eval.protocol import for_real_images, get_protocol
     from dd.eval.rules import EvalInputs
 
-    protocol = _for_real_images(get_protocol(protocol))
+    protocol = for_real_images(get_protocol(protocol))
     sets = {s: selector.select(method, ipc, torch.Generator().manual_seed(10_000 + s)) for s in range(seed, seed + runs)}
 
     def search_data():
@@ -90,7 +89,7 @@ def coreset_row(selector: Selector, method: str, ipc: int, arch: str, protocol, 
         sel = part.select(method, ipc, torch.Generator().manual_seed(10_000 + seed))
         return sel.images, sel.labels, val
 
-    search = LrSearch(_lr_candidates(lr_search), functools.cache(search_data)) if lr_search else None
+    search = LrSearch(lr_candidates(lr_search), functools.cache(search_data)) if lr_search else None
     first = sets[seed]
     extra = {**real_budget(len(first), selector.dataset, protocol, first.meta["wall_seconds"]),
              "coreset_network": selector.source}

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from dd.data import ImageDataset, base_name, load_dataset
 from dd.distributed import ProcessGroup, deal
 from dd.eval.baselines import SELECTIONS, check_baselines, coreset_row, real_budget, set_budget
-from dd.eval.protocol import Protocol, get_protocol, protocol_rule
+from dd.eval.protocol import Protocol, for_real_images, get_protocol
 from dd.eval.rules import EvalInputs
 from dd.eval.train import accuracy, train_model
 from dd.models import build_model
@@ -100,8 +100,9 @@ LR_SEARCH_VAL_FRACTION = 0.1  # the validation split the lr search scores on: 10
 LR_SEARCH_VAL_SEED = 0  # seed 0 (the split `ddtk distill` validates on by default)
 
 
-def _lr_candidates(candidates: Sequence[float]) -> list[float]:
-    """The distinct candidate lrs in their order; none, or anything but positive finite numbers, is an error."""
+def lr_candidates(candidates: Sequence[float]) -> list[float]:
+    """The distinct candidate lrs in their order (a row's search, random, set and coreset rows alike); none, or
+    anything but positive finite numbers, is an error."""
     if not candidates:
         raise ValueError("the lr search needs at least one candidate lr")
     bad = [c for c in candidates if not (math.isfinite(c) and c > 0)]
@@ -140,7 +141,7 @@ def search_lr(images: torch.Tensor, labels: torch.Tensor, dataset: ImageDataset,
     Returns (best lr, {lr: validation accuracy}); a candidate whose training diverges scores None and is never
     chosen; ties go to the earlier candidate.
     """
-    lrs = _lr_candidates(candidates)
+    lrs = lr_candidates(candidates)
     val = _validation(dataset)
     scores = {lr: _score_lr(images, labels, val, arch, protocol, lr, seed=seed, device=device, inputs=inputs)
               for lr in lrs}
@@ -218,7 +219,7 @@ def set_row(synset: SyntheticSet, arch: str = "convnet", protocol: str | Protoco
     y = synset.labels.detach()
     search = None
     if lr_search:
-        search = LrSearch(_lr_candidates([*([lr] if lr is not None else []), *lr_search]),
+        search = LrSearch(lr_candidates([*([lr] if lr is not None else []), *lr_search]),
                           functools.cache(lambda: (images, y, _validation(dataset))), learned_lr=lr)
     extra = set_budget(images, y, protocol, stored, synset.meta)
     if stored is not None:
@@ -232,7 +233,7 @@ def random_row(dataset: ImageDataset, ipc: int, arch: str = "convnet", protocol:
                lr_search: Optional[Sequence[float]] = None) -> RowPlan:
     """The plan of `evaluate_random` (see there): run seed s draws its selection with generator seed 10_000 + s."""
     check_ipc(ipc)
-    hard = _for_real_images(get_protocol(protocol))
+    hard = for_real_images(get_protocol(protocol))
 
     def search_data():
         train_part, val = dataset.split_validation(LR_SEARCH_VAL_FRACTION, seed=LR_SEARCH_VAL_SEED)
@@ -243,7 +244,7 @@ def random_row(dataset: ImageDataset, ipc: int, arch: str = "convnet", protocol:
         sel = SyntheticSet.from_real(dataset, ipc, torch.Generator().manual_seed(10_000 + s))
         return sel.images, sel.labels
 
-    search = LrSearch(_lr_candidates(lr_search), functools.cache(search_data)) if lr_search else None
+    search = LrSearch(lr_candidates(lr_search), functools.cache(search_data)) if lr_search else None
     n = ipc * dataset.num_classes
     return RowPlan("random-real", arch, dataset, hard, runs, seed, ipc, data, n, search=search,
                    inputs=EvalInputs(teacher, None, model_options), extra=real_budget(n, dataset, hard, 0.0))
@@ -252,7 +253,7 @@ def random_row(dataset: ImageDataset, ipc: int, arch: str = "convnet", protocol:
 def full_row(dataset: ImageDataset, arch: str = "convnet", protocol: str | Protocol = "hard", runs: int = 1, *,
              epochs: Optional[int] = None, seed: int = 0, teacher=None, model_options=None) -> RowPlan:
     """The plan of `evaluate_full` (see there): every run trains on the whole training split."""
-    hard = _for_real_images(get_protocol(protocol).with_(epochs=epochs))
+    hard = for_real_images(get_protocol(protocol).with_(epochs=epochs))
     x, y = dataset.train, dataset.train_labels  # the source, read batch by batch (never one float tensor)
     return RowPlan("full", arch, dataset, hard, runs, seed, None, lambda s: (x, y), len(x),
                    inputs=EvalInputs(teacher, None, model_options), extra=real_budget(len(x), dataset, hard, 0.0))
@@ -389,13 +390,6 @@ def evaluate_full(dataset: ImageDataset, arch: str = "convnet", protocol: str | 
     row = full_row(dataset, arch, protocol, runs, epochs=epochs, seed=seed, teacher=teacher,
                    model_options=model_options)
     return run_rows([row], device, progress=progress)[0]
-
-
-def _for_real_images(protocol: Protocol) -> Protocol:
-    """Baselines train on real images with class ids: a protocol that declares another for real images (soft: hard)
-    falls back to it."""
-    instead = protocol_rule(protocol.labels).real_images
-    return protocol.with_(labels=instead) if instead else protocol
 
 
 def _check_compatible(synset: SyntheticSet, dataset: ImageDataset) -> None:

@@ -113,3 +113,10 @@ def get_protocol(name: "str | Protocol | dict" = "hard", **overrides) -> Protoco
     if unknown:
         raise ValueError(f"unknown protocol option(s) {unknown}; known: {sorted(known)}")
     return rule.preset.with_(**overrides)
+
+
+def for_real_images(protocol: Protocol) -> Protocol:
+    """The protocol baselines train real images with class ids under (random, full, coreset rows): the given one, or
+    the one its rule declares for real images (soft: hard), so a baseline row is comparable with the set's."""
+    instead = protocol_rule(protocol.labels).real_images
+    return protocol.with_(labels=instead) if instead else protocol

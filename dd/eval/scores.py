@@ -29,7 +29,7 @@ import json
 import math
 from typing import Optional, Sequence
 
-from dd.eval.harness import (EvalResult, _for_real_images, dataset_for, evaluate, evaluate_full, evaluate_random)
+from dd.eval.harness import EvalResult, RowPlan, dataset_for, full_row, random_row, run_rows, set_row
 from dd.eval.protocol import Protocol, get_protocol, protocol_rule
 from dd.eval.report import Report
 
@@ -132,73 +132,85 @@ def without_augmentation(p: Protocol) -> Protocol:
     return p.with_(dsa=False, crop=False, mix="none")
 
 
-# ---- measuring the accuracies with the harness ----------------------------------------------------
+# ---- measuring the accuracies with the harness: rows planned like a report's, run by its row runner ------------
 
 def _key(kind: str, arch: str, protocol: dict, runs: int) -> tuple:
     return kind, arch, json.dumps(protocol, sort_keys=True, default=list), runs
 
 
-def _kind(result: EvalResult) -> str:
-    """The harness names its baseline rows 'random-real' and 'full'; any other row is the set."""
-    return {"random-real": "random", "full": "full"}.get(result.name, "syn")
+def _reusable(rows: Sequence[EvalResult], set_name: str) -> dict[tuple, EvalResult]:
+    """The rows of a report (same dataset, seed and teacher) the scores can take as they are, by what they are: the
+    set's row, 'random-real' and 'full' (coreset rows are none of them); the first of equal keys is kept."""
+    kinds = {"random-real": "random", "full": "full", set_name: "syn"}
+    out: dict[tuple, EvalResult] = {}
+    for r in rows:
+        if r.name in kinds:
+            out.setdefault(_key(kinds[r.name], r.arch, r.protocol, len(r.accs)), r)
+    return out
+
+
+def score_rows(synset, arch: str, protocol: str | Protocol | None = None, runs: int = 5, *, dataset=None,
+               hard_protocol: str | Protocol | None = None, ipc: Optional[int] = None, full_epochs: int = 30,
+               full_runs: int = 1, seed: int = 0, teacher=None, labels=None) -> dict[str, tuple[tuple, RowPlan]]:
+    """{accuracy name (as `scores_from_accuracies` reads them): (key, row plan)}: the report rows whose mean accuracies the scores of `synset` on
+    `arch` read; rows that coincide (e.g. the own protocol is hard with DSA, so syn_hard = syn_own = syn_aug) have
+    equal keys and run once. protocol: the set's own for IOR and ARS (default: the one it records, else hard);
+    hard_protocol: HLR's (default `hard_protocol_for(own)`); stored teacher `labels` are used where the protocol
+    draws crop views, the views they were stored for."""
+    own = get_protocol(protocol) if protocol is not None else recorded_protocol(synset)
+    hard = get_protocol(hard_protocol) if hard_protocol is not None else hard_protocol_for(own)
+    dataset = dataset or dataset_for(synset)
+    ipc = ipc or synset.ipc
+
+    def row(kind: str, p: Protocol) -> tuple[tuple, RowPlan]:
+        t = teacher if protocol_rule(p.labels).needs_teacher else None
+        if kind == "syn":
+            plan = set_row(synset, arch, p, runs, dataset=dataset, seed=seed, teacher=t,
+                           labels=labels if p.crop else None, name=synset.meta.get("method", "synthetic"))
+        elif kind == "random":
+            plan = random_row(dataset, ipc, arch, p, runs, seed=seed, teacher=t)
+        else:
+            plan = full_row(dataset, arch, p, full_runs, epochs=full_epochs, seed=seed, teacher=t)
+        return _key(kind, arch, plan.protocol.to_dict(), plan.runs), plan  # what the harness records for the row
+
+    aug, plain = with_augmentation(own), without_augmentation(own)
+    wanted = {"syn_hard": ("syn", hard), "full_hard": ("full", hard), "syn_own": ("syn", own),
+              "random_own": ("random", own), "syn_aug": ("syn", aug), "random_aug": ("random", aug),
+              "syn_plain": ("syn", plain), "random_plain": ("random", plain)}
+    return {name: row(kind, p) for name, (kind, p) in wanted.items()}
+
+
+def _run_score_rows(planned: Sequence[dict[str, tuple[tuple, RowPlan]]], known: dict[tuple, EvalResult], *,
+                    device="auto", group=None, progress: bool = True) -> list[dict[str, EvalResult]]:
+    """Each of `planned` (score_rows' answers) as {accuracy name: EvalResult}: rows in `known` are taken as they are,
+    the others run once each, all in one `run_rows` call (spread over `group`'s ranks like a report's)."""
+    todo: dict[tuple, RowPlan] = {}
+    for rows in planned:
+        for key, plan in rows.values():
+            if key not in known:
+                todo.setdefault(key, plan)
+    done = dict(known)
+    done.update(zip(todo, run_rows(list(todo.values()), device, group=group, progress=progress)))
+    return [{name: done[key] for name, (key, _) in rows.items()} for rows in planned]
 
 
 def measure_accuracies(synset, arch: str, protocol: str | Protocol | None = None, runs: int = 5, *, dataset=None,
                        hard_protocol: str | Protocol | None = None, ipc: Optional[int] = None, full_epochs: int = 30,
                        full_runs: int = 1, device="auto", seed: int = 0, teacher=None, labels=None,
-                       progress: bool = True, reuse: Sequence[EvalResult] = ()) -> dict[str, EvalResult]:
-    """The accuracies the scores need, each an EvalResult from dd's harness, keyed as `scores_from_accuracies` reads.
-
-    protocol: the set's own protocol for IOR and ARS (default: the one the set records, else hard); hard_protocol:
-    HLR's (default `hard_protocol_for(own)`). Evaluations that coincide (e.g. the own protocol is hard with DSA, so
-    syn_hard = syn_own = syn_aug) run once. `reuse` takes rows already computed with the same dataset, seed and
-    teacher (e.g. `build_report`'s) and skips evaluations whose kind, architecture, protocol and runs match.
-    Stored teacher labels (`labels`) are used where the protocol draws crop views, the views they were stored for.
-    """
-    own = get_protocol(protocol) if protocol is not None else recorded_protocol(synset)
-    hard = get_protocol(hard_protocol) if hard_protocol is not None else hard_protocol_for(own)
-    dataset = dataset or dataset_for(synset)
-    ipc = ipc or synset.ipc
-    cache = {_key(_kind(r), r.arch, r.protocol, len(r.accs)): r for r in reuse}
-    common = dict(device=device, seed=seed, progress=progress)
-
-    def key(kind: str, p: Protocol) -> tuple:
-        """What the harness records for this evaluation (baselines train real images on class ids under 'soft')."""
-        if kind == "syn":
-            return _key(kind, arch, p.to_dict(), runs)
-        if kind == "random":
-            return _key(kind, arch, _for_real_images(p).to_dict(), runs)
-        return _key(kind, arch, _for_real_images(p.with_(epochs=full_epochs)).to_dict(), full_runs)
-
-    def run(kind: str, p: Protocol) -> EvalResult:
-        t = teacher if protocol_rule(p.labels).needs_teacher else None
-        if kind == "syn":
-            return evaluate(synset, arch, p, runs, dataset=dataset, teacher=t, labels=labels if p.crop else None,
-                            name=synset.meta.get("method", "synthetic"), **common)
-        if kind == "random":
-            return evaluate_random(dataset, ipc, arch, p, runs, teacher=t, **common)
-        return evaluate_full(dataset, arch, p, full_runs, epochs=full_epochs, teacher=t, **common)
-
-    def get(kind: str, p: Protocol) -> EvalResult:
-        k = key(kind, p)
-        if k not in cache:
-            cache[k] = run(kind, p)
-        return cache[k]
-
-    aug, plain = with_augmentation(own), without_augmentation(own)
-    return {"syn_hard": get("syn", hard), "full_hard": get("full", hard),
-            "syn_own": get("syn", own), "random_own": get("random", own),
-            "syn_aug": get("syn", aug), "random_aug": get("random", aug),
-            "syn_plain": get("syn", plain), "random_plain": get("random", plain)}
+                       progress: bool = True, reuse: Sequence[EvalResult] = (), group=None) -> dict[str, EvalResult]:
+    """The accuracies the scores need, each an EvalResult from dd's harness, keyed as `scores_from_accuracies` reads
+    (see `score_rows`). `reuse` takes rows already computed with the same dataset, seed and teacher (e.g.
+    `build_report`'s) and skips evaluations whose kind, architecture, protocol and runs match; group: the torchrun
+    ranks the other runs are spread over (see `run_rows`)."""
+    rows = score_rows(synset, arch, protocol, runs, dataset=dataset, hard_protocol=hard_protocol, ipc=ipc,
+                      full_epochs=full_epochs, full_runs=full_runs, seed=seed, teacher=teacher, labels=labels)
+    known = _reusable(reuse, synset.meta.get("method", "synthetic"))
+    return _run_score_rows([rows], known, device=device, group=group, progress=progress)[0]
 
 
-def evaluate_scores(synset, arch: str, protocol: str | Protocol | None = None, runs: int = 5, *, w: float = 0.5,
-                    gamma: float = 0.5, **kwargs) -> dict:
-    """HLR, IOR, LRS and ARS of `synset` on `arch`, with the accuracies (mean, std, runs) and protocols behind them;
-    JSON-ready. kwargs go to `measure_accuracies`."""
-    check_weight(w, "w")  # before any training, not after it
-    check_weight(gamma, "gamma")
-    results = measure_accuracies(synset, arch, protocol, runs, **kwargs)
+def scores_of(results: dict[str, EvalResult], arch: str, w: float = 0.5, gamma: float = 0.5) -> dict:
+    """HLR, IOR, LRS and ARS from measured accuracies, with the accuracies (mean, std, runs) and protocols behind
+    them; JSON-ready."""
     out = scores_from_accuracies({k: r.mean for k, r in results.items()}, w, gamma)
     out["arch"] = arch
     out["accuracies"] = {k: {"mean": r.mean, "std": r.std, "accs": list(r.accs), "protocol": r.protocol.get("name"),
@@ -206,6 +218,14 @@ def evaluate_scores(synset, arch: str, protocol: str | Protocol | None = None, r
                              "labels": r.protocol.get("labels"), "epochs": r.protocol.get("epochs")}
                          for k, r in results.items()}
     return out
+
+
+def evaluate_scores(synset, arch: str, protocol: str | Protocol | None = None, runs: int = 5, *, w: float = 0.5,
+                    gamma: float = 0.5, **kwargs) -> dict:
+    """HLR, IOR, LRS and ARS of `synset` on `arch` (see `scores_of`); kwargs go to `measure_accuracies`."""
+    check_weight(w, "w")  # before any training, not after it
+    check_weight(gamma, "gamma")
+    return scores_of(measure_accuracies(synset, arch, protocol, runs, **kwargs), arch, w, gamma)
 
 
 # ---- in the report ---------------------------------------------------------------------------------
@@ -243,10 +263,15 @@ class ScoredReport(Report):
 
 
 def add_scores(report: Report, synset, archs: Sequence[str], protocol: str | Protocol | None, runs: int, *,
-               w: float = 0.5, gamma: float = 0.5, **kwargs) -> ScoredReport:
-    """`report` with meta['scores'] = {arch: evaluate_scores(...)}, reusing the report's own rows (same seed)."""
+               w: float = 0.5, gamma: float = 0.5, device="auto", group=None, progress: bool = True,
+               **kwargs) -> ScoredReport:
+    """`report` with meta['scores'] = {arch: scores_of(...)}: the report's own rows (same seed) are reused and every
+    architecture's further rows run in one `run_rows` call, over `group`'s ranks when given (every rank calls this
+    alike and gets the same scored report). kwargs go to `score_rows`."""
     check_weight(w, "w")
     check_weight(gamma, "gamma")
-    scores = {arch: evaluate_scores(synset, arch, protocol, runs, w=w, gamma=gamma,
-                                    reuse=[r for r in report.rows if r.arch == arch], **kwargs) for arch in archs}
+    planned = [score_rows(synset, arch, protocol, runs, **kwargs) for arch in archs]
+    known = _reusable(report.rows, synset.meta.get("method", "synthetic"))
+    measured = _run_score_rows(planned, known, device=device, group=group, progress=progress)
+    scores = {arch: scores_of(results, arch, w, gamma) for arch, results in zip(archs, measured)}
     return ScoredReport(report.rows, {**report.meta, "scores": scores})

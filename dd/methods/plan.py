@@ -86,12 +86,15 @@ def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teac
     verify: how buffer shards are checked (dd.buffers.TrajectoryStore); 'lazy' reads none of them here, for callers
     that only need the inputs' identity (their manifests' hashes)."""
     from dd.buffers import TrajectoryStore
+    from dd.specs import parse_spec
     from dd.teachers import open_teachers
 
     buffers = [b for b in buffers if b]
     teachers = [t for t in teachers if t]
     check_input_counts(cls, len(buffers), len(teachers))
-    return Inputs([TrajectoryStore(b, verify=verify) for b in buffers], open_teachers(teachers, teacher_model))
+    buffers = [parse_spec(b, "buffer") for b in buffers]  # BufferSpec / TeacherSpec (dd.specs)
+    teachers = [parse_spec(t, "teacher") for t in teachers]
+    return Inputs([TrajectoryStore(b.path, verify=verify) for b in buffers], open_teachers(teachers, teacher_model))
 
 
 def check_inputs(inputs: Inputs, dataset: str, cfg) -> None:
