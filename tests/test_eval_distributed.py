@@ -158,12 +158,16 @@ def one_and_two_ranks(args: list, tmp_path) -> tuple[dict, dict, str]:
 
 
 def test_torchrun_two_ranks_report_one_process_accuracies(digits, tmp_path):
-    """Issue 12, acceptance 3: runs (and lr-search candidates) dealt to 2 gloo ranks, gathered on rank 0; every
-    row's per-run accuracies equal one process's with the same seed, and only rank 0 prints and writes."""
+    """Issue 12, acceptance 3: runs (and lr-search candidates, and the scores' rows) dealt to 2 gloo ranks, gathered
+    on rank 0; every row's per-run accuracies equal one process's with the same seed, and only rank 0 prints and
+    writes."""
     path = SyntheticSet.from_real(digits, 2, torch.Generator().manual_seed(0)).save(tmp_path / "set.safetensors")
     args = ["eval", str(path), "--models", "convnet-d1,mlp", "--runs", "4", "--dataset", "digits", "--epochs", "2",
-            "--lr-search", "0.01,0.1", "--device", "cpu", "--seed", "3"]
+            "--lr-search", "0.01,0.1", "--scores", "--device", "cpu", "--seed", "3"]
     a, b, stdout = one_and_two_ranks(args, tmp_path)
+    # DD-Ranking's further rows (issue 18: through the same row runner) are spread over the ranks too, same numbers
+    assert b["meta"]["scores"] == a["meta"]["scores"] and stdout.count("DD-Ranking scores") == 1
+    assert len(a["meta"]["scores"]["mlp"]["accuracies"]["syn_plain"]["accs"]) == 4
     rows = [(r["name"], r["arch"], r["accs"], r.get("extra")) for r in a["rows"]]
     assert [(r["name"], r["arch"], r["accs"], r.get("extra")) for r in b["rows"]] == rows
     assert [(n, arch, len(accs)) for n, arch, accs, _ in rows] == [

@@ -20,7 +20,7 @@ from dd.eval.run import evaluate_set
 from dd.eval.scores import add_scores
 from dd.specs import BufferSpec, TeacherSpec, parse_spec
 from dd.synset import SyntheticSet
-from test_eval_distributed import ThreadRanks, fake_training, one_and_two_ranks
+from test_eval_distributed import ThreadRanks, fake_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -145,17 +145,6 @@ def test_score_rows_spread_over_ranks_equal_one_process(digits, monkeypatch):
     # the scores' own rows (DSA off: syn_plain, random_plain) were dealt to both ranks too, not run on rank 0 alone
     assert sum(single.values()) == 2 * (2 + 2 + 1) + 2 * (2 + 2)
     assert {c[0] for c in calls[-8:]} == {"rank0", "rank1"}
-
-
-def test_torchrun_two_ranks_give_one_process_scores(set_file, tmp_path):
-    args = ["eval", str(set_file), "--scores", "--models", "mlp", "--runs", "2", "--epochs", "2", "--device", "cpu",
-            "--seed", "3"]
-    a, b, stdout = one_and_two_ranks(args, tmp_path)
-    assert b["meta"]["scores"] == a["meta"]["scores"]
-    assert [r["accs"] for r in b["rows"]] == [r["accs"] for r in a["rows"]]
-    accs = a["meta"]["scores"]["mlp"]["accuracies"]
-    assert len(accs["syn_plain"]["accs"]) == 2 and accs["syn_plain"]["dsa"] is False  # a row of the scores' own
-    assert b["meta"]["processes"] == 2 and stdout.count("DD-Ranking scores") == 1
 
 
 def test_scores_reuse_the_sets_row_not_a_coreset_row_under_the_same_protocol(digits, monkeypatch):
