@@ -148,12 +148,12 @@ def test_torchrun_two_ranks_report_one_process_accuracies(digits, tmp_path):
     path = SyntheticSet.from_real(digits, 2, torch.Generator().manual_seed(0)).save(tmp_path / "set.safetensors")
     args = ["eval", str(path), "--models", "convnet-d1,mlp", "--runs", "4", "--dataset", "digits", "--epochs", "2",
             "--lr-search", "0.01,0.1", "--device", "cpu", "--seed", "3"]
-    one = subprocess.run([sys.executable, "-m", "dd", *args, "--out", str(tmp_path / "one")], env=ENV,
+    one = subprocess.run([sys.executable, "-m", "dd.cli", *args, "--out", str(tmp_path / "one")], env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
               f"--master_port={_free_port()}"]
-    two = subprocess.run([*launch, "-m", "dd", *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True,
+    two = subprocess.run([*launch, "-m", "dd.cli", *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     a, b = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("one", "two"))
