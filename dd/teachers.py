@@ -233,6 +233,26 @@ class Committee(nn.Module):
         return sum(w * m(x) for w, m in zip(self.weights, self.members))
 
 
+PATH_KINDS = ("buffer", "file")  # teacher kinds whose spec is a path (a callable's spec names code, not a place)
+
+
+def map_input_paths(records: Optional[dict], fn: Callable[[str], Optional[str]]) -> Optional[dict]:
+    """An inputs record ({"buffers": [{"path", "sha256"}], "teachers": [describe()]}, what identities and set
+    metadata hold) with `fn` applied to every path in it (a None result drops the field): one place knows which
+    fields are paths, for writing them relative to a file's directory and for comparing runs by content."""
+    if not isinstance(records, dict):
+        return records
+
+    def one(rec: dict, key: str) -> dict:
+        if key not in rec or (key == "spec" and rec.get("kind") not in PATH_KINDS):
+            return rec
+        value = fn(str(rec[key]))
+        return {k: v for k, v in rec.items() if k != key} if value is None else {**rec, key: value}
+
+    return {**records, **({"buffers": [one(b, "path") for b in records["buffers"]]} if "buffers" in records else {}),
+            **({"teachers": [one(t, "spec") for t in records["teachers"]]} if "teachers" in records else {})}
+
+
 def teacher_from_records(records: list[dict], dataset, device="cpu", weights: Optional[list[float]] = None) -> nn.Module:
     """Re-opens the teachers a set's metadata names, checks each hash, and returns one module (a Committee if several)."""
     members = []
