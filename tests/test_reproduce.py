@@ -357,13 +357,12 @@ def test_a_second_writer_on_the_output_directory_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_generated_files_name_no_directory_of_the_machine_that_made_them(smoke):
-    """table.md/json, state.json, eval.md/json, distill.json and the buffers' manifests name paths relative to OUT (or
-    the file's own directory). Only a run's identity (its config.json, the set's header) keeps the inputs' paths as
-    given: it is what a rerun compares, so it must not move."""
+    """table.md/json, state.json, eval.md/json, distill.json, the buffers' manifests and the runs' config.json name
+    paths relative to OUT (or the file's own directory); a run compares its inputs by content, not path."""
     out, code, _, _ = smoke
     assert code == 0
     root = str(out.parent)
-    texts = [p for p in out.rglob("*") if p.suffix in (".json", ".md", ".jsonl", ".txt") and p.name != "config.json"]
+    texts = [p for p in out.rglob("*") if p.suffix in (".json", ".md", ".jsonl", ".txt")]
     assert {p.name for p in texts} >= {"table.md", "table.json", "state.json", "eval.json", "eval.md", "distill.json",
                                        "manifest.json"}
     named = [str(p.relative_to(out)) for p in texts if root in p.read_text()]
