@@ -22,9 +22,9 @@ FORMAT = "dd.synset/1"
 
 def recorded_paths(meta: dict, directory: Path, how: str) -> dict:
     """A set's metadata with the paths it records (its inputs, the teachers and stored labels its evaluation reopens,
-    its coreset network) written relative to the set file's `directory` ('relative', when saving: no file names the
-    machine's directories) or read back against it ('resolve', when loading; absolute ones, as older sets hold,
-    stay). One owner for the set format's paths, so a set moved with its inputs still finds them."""
+    its run's and report's coreset network) written relative to the set file's `directory` ('relative', when saving:
+    no file names the machine's directories) or read back against it ('resolve', when loading; absolute ones, as
+    older sets hold, stay). One owner for the set format's paths, so a set moved with its inputs still finds them."""
     from dd.teachers import map_input_paths
 
     base = os.path.abspath(directory)
@@ -45,6 +45,9 @@ def recorded_paths(meta: dict, directory: Path, how: str) -> dict:
         if isinstance(evaluation.get("labels"), str):
             evaluation["labels"] = fn(evaluation["labels"])
         meta["evaluation"] = evaluation
+    run = meta.get("run")
+    if isinstance(run, dict) and isinstance(run.get("coreset_net"), str) and ":" not in run["coreset_net"]:
+        meta["run"] = {**run, "coreset_net": fn(run["coreset_net"])}  # a path spec (module:callable names code)
     if how == "relative" and isinstance(meta.get("coreset_network"), str):  # a spec, or words naming a network
         meta["coreset_network"] = relative_paths(meta["coreset_network"], base)
     return meta

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,14 @@ def split_spec(spec) -> tuple[str, Optional[int]]:
     if not base or not re.fullmatch(r"[0-9]+", expert):
         raise ValueError(f"teacher '{spec}': '@{expert}' is not an expert number; a teacher spec is {SPEC_GRAMMAR}")
     return base, int(expert)
+
+
+def absolute_spec(spec: str) -> str:
+    """A spec that names an existing path, made absolute (DIR@E keeps its suffix); a callable's spec unchanged."""
+    path, expert = split_spec(spec)
+    if not Path(path).exists():
+        return spec
+    return os.path.abspath(path) + (f"@{expert}" if expert is not None else "")
 
 
 def open_teacher(spec: str, teacher_model: Optional[str] = None) -> TeacherSource:

@@ -27,8 +27,11 @@ def _imported(path: Path) -> set[str]:
 
 def test_no_library_module_imports_the_command_line():
     scripts = {PACKAGE / "cli.py", *(PACKAGE / "commands").rglob("*.py")}
-    offenders = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py") if p not in scripts
-                       and any(n == m or n.startswith(m + ".") for n in _imported(p) for m in ("dd.cli", "dd.commands")))
+    def imports_scripts(p: Path) -> bool:
+        return any(n == m or n.startswith(m + ".") for n in _imported(p) for m in ("dd.cli", "dd.commands"))
+
+    offenders = sorted(str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py")
+                       if p not in scripts and imports_scripts(p))
     assert not offenders, f"library modules importing the script layer: {offenders}"
     assert not (PACKAGE / "__main__.py").exists()  # it would import dd.cli; `python -m dd.cli` is the entry
 

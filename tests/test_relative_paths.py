@@ -41,9 +41,11 @@ def test_distill_eval_relabel_export_name_no_absolute_directory(teacher, tmp_pat
     root = tmp_path / "work"
     shutil.copytree(teacher, root / "teacher")
     run, labels, ev, exp = root / "run", root / "labels", root / "ev", root / "export"
-    assert main(["distill", "--method", "sre2l", "--dataset", "digits", "--ipc", "1", "--teacher", str(root / "teacher"),
-                 "--iterations", "2", "--set", "batch_classes=10", "--eval-runs", "1", "--eval-epochs", "1",
-                 "--eval-models", "convnet-d1", "--no-full-baseline", "--device", "cpu", "--out", str(run)]) == 0
+    assert main(["distill", "--method", "sre2l", "--dataset", "digits", "--ipc", "1",
+                 "--teacher", str(root / "teacher"), "--iterations", "2", "--set", "batch_classes=10",
+                 "--eval-runs", "1", "--eval-epochs", "1",
+                 "--eval-models", "convnet-d1", "--no-full-baseline", "--baseline", "kcenter", "--coreset-net",
+                 str(root / "teacher@0"), "--device", "cpu", "--out", str(run)]) == 0
     synset = run / "synset.safetensors"
     assert main(["relabel", str(synset), "--epochs", "1", "--batch-size", "4", "--topk", "3", "--out", str(labels),
                  "--device", "cpu"]) == 0
@@ -61,6 +63,8 @@ def test_distill_eval_relabel_export_name_no_absolute_directory(teacher, tmp_pat
     # the set writes its teacher relative to itself and reads it back as a path that exists: eval reopens it
     s = SyntheticSet.load(synset)
     assert s.meta["evaluation"]["teachers"][0]["spec"] == str(root / "teacher")
+    assert s.meta["run"]["coreset_net"] == str(root / "teacher@0")
+    assert run_finished(run, json.loads((run / "config.json").read_text()), s.meta["run"])  # read back, it matches
     moved = tmp_path / "moved"
     shutil.move(root, moved)
     assert SyntheticSet.load(moved / "run" / "synset.safetensors").meta["evaluation"]["teachers"][0]["spec"] == \

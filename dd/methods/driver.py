@@ -53,10 +53,10 @@ def run_finished(out: str | Path, identity: dict, run: RunConfig | dict | None) 
         return False
     if not same_run(json.loads((out / "config.json").read_text()), identity):
         return False
-    meta = json.loads(header.get("meta", "{}"))
+    meta = recorded_paths(json.loads(header.get("meta", "{}")), out, "resolve")  # its paths as SyntheticSet.load reads
     keys = ("method", "ipc", "seed", "config", "inputs", "dataset")
     same = same_run({k: meta.get(k) for k in keys}, {k: identity[k] for k in keys})
-    wanted = {k: v for k, v in to_jsonable(asdict(run_config(run))).items() if k not in CADENCE}
+    wanted = {k: v for k, v in _run_meta(run_config(run)).items() if k not in CADENCE}
     recorded = {**to_jsonable(asdict(RunConfig())), **(meta.get("run") or {})}
     return same and {k: v for k, v in recorded.items() if k not in CADENCE} == wanted
 
@@ -269,10 +269,19 @@ def _coreset_net(run: RunConfig, inputs: Inputs) -> Optional[str]:
     return str(inputs.buffers[0].path) if inputs.buffers else None
 
 
+def _run_meta(run: RunConfig) -> dict:
+    """The run options a set records: its coreset network, a spec given relative to the working directory too, as an
+    absolute path (the set file writes it relative to itself)."""
+    from dd.teachers import absolute_spec
+
+    meta = to_jsonable(asdict(run))
+    return {**meta, "coreset_net": absolute_spec(meta["coreset_net"])} if meta.get("coreset_net") else meta
+
+
 def _finalize_meta(s: SyntheticSet, identity: dict, best: dict, run: RunConfig, plan: Optional[EvalPlan] = None) -> SyntheticSet:
     s = s.detach()
     s.meta.update({"method": identity["method"], "ipc": identity["ipc"], "seed": identity["seed"],
-                   "config": identity["config"], "run": to_jsonable(asdict(run)), "inputs": identity["inputs"],
+                   "config": identity["config"], "run": _run_meta(run), "inputs": identity["inputs"],
                    "buffer_sha256": identity["buffer_sha256"], "selected": best, "versions": versions()})
     if plan is not None:
         # the teachers and labels its evaluation reopens, as absolute paths (a spec given relative to the working

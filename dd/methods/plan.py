@@ -60,7 +60,8 @@ def identity(cls: type, mcfg, inputs: Inputs, dataset: str | ImageDataset, ipc: 
     `image_size` only for datasets read at a chosen resolution (image trees), so other checkpoints keep their
     identity; `method_module` only for a method defined outside dd/ (`ddtk plot` imports it from there).
     The inputs' paths are written relative to `out` (the run's directory): information for people; what a rerun
-    compares is their content (same_run), so a moved or renamed input, or OUT moved with its buffers, is the same run."""
+    compares is their content (same_run), so a moved or renamed input, or OUT moved with its buffers, is the same
+    run."""
     from dd.data import resolution
     from dd.teachers import map_input_paths
 
