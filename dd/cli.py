@@ -1,4 +1,5 @@
-"""The `ddtk` command line (also `python -m dd`): one module per subcommand under dd/commands/ (add_parser and run).
+"""The `ddtk` command line (also `python -m dd.cli`, what torchrun launches): one module per subcommand under
+dd/commands/ (add_parser and run).
 
 The console script is not called `dd`, which would shadow the POSIX disk-copy utility in an activated environment.
 """

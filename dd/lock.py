@@ -48,13 +48,28 @@ class OutputLocked(RuntimeError):
 
 
 def command_line() -> str:
-    """This process's command line as a person would type it (`python -m dd ...`, or `ddtk ...` for the script)."""
+    """This process's command line as a person would type it (`python -m PACKAGE.MODULE ...` for a module of ours
+    run with -m, or `ddtk ...` for the script)."""
     argv = list(sys.argv) or ["python"]
-    if Path(argv[0]).name == "__main__.py":
-        argv = ["python", "-m", Path(argv[0]).parent.name, *argv[1:]]
+    module = _package_module(argv[0])
+    if module:
+        argv = ["python", "-m", module, *argv[1:]]
     else:
         argv[0] = Path(argv[0]).name
     return shlex.join(argv)
+
+
+def _package_module(path: str) -> Optional[str]:
+    """The dotted name of the module of this package at `path` (what `python -m` ran), or None for another file."""
+    package = Path(__file__).resolve().parent
+    try:
+        rel = Path(path).resolve().relative_to(package.parent)
+    except (ValueError, OSError):
+        return None
+    if rel.suffix != ".py" or rel.parts[0] != package.name:
+        return None
+    parts = rel.with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__main__" else parts)
 
 
 def holder_details(command: Optional[str] = None, mode: str = "flock") -> dict:

@@ -14,10 +14,43 @@ from typing import Any, Optional
 
 import torch
 
-from dd.utils import atomic_write_bytes, read_safetensors, safetensors_bytes, to_jsonable, versions
+from dd.utils import atomic_write_bytes, read_safetensors, relative_paths, safetensors_bytes, to_jsonable, versions
 from dd.data.base import base_name
 
 FORMAT = "dd.synset/1"
+
+
+def recorded_paths(meta: dict, directory: Path, how: str) -> dict:
+    """A set's metadata with the paths it records (its inputs, the teachers and stored labels its evaluation reopens,
+    its run's and report's coreset network) written relative to the set file's `directory` ('relative', when saving:
+    no file names the machine's directories) or read back against it ('resolve', when loading; absolute ones, as
+    older sets hold, stay). One owner for the set format's paths, so a set moved with its inputs still finds them."""
+    from dd.teachers import map_input_paths
+
+    base = os.path.abspath(directory)
+    if how == "relative":
+        def fn(p: str) -> str:
+            return os.path.relpath(p, base) if os.path.isabs(p) else p
+    else:
+        def fn(p: str) -> str:
+            return p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
+    meta = dict(meta)
+    if isinstance(meta.get("inputs"), dict):
+        meta["inputs"] = map_input_paths(meta["inputs"], fn)
+    evaluation = meta.get("evaluation")
+    if isinstance(evaluation, dict):
+        evaluation = dict(evaluation)
+        if isinstance(evaluation.get("teachers"), list):
+            evaluation["teachers"] = map_input_paths({"teachers": evaluation["teachers"]}, fn)["teachers"]
+        if isinstance(evaluation.get("labels"), str):
+            evaluation["labels"] = fn(evaluation["labels"])
+        meta["evaluation"] = evaluation
+    run = meta.get("run")
+    if isinstance(run, dict) and isinstance(run.get("coreset_net"), str) and ":" not in run["coreset_net"]:
+        meta["run"] = {**run, "coreset_net": fn(run["coreset_net"])}  # a path spec (module:callable names code)
+    if how == "relative" and isinstance(meta.get("coreset_network"), str):  # a spec, or words naming a network
+        meta["coreset_network"] = relative_paths(meta["coreset_network"], base)
+    return meta
 
 
 class SyntheticSetError(ValueError):
@@ -111,7 +144,7 @@ class SyntheticSet:
         header = {
             "format": FORMAT,
             "num_classes": str(self.num_classes),
-            "meta": json.dumps(to_jsonable(self.meta), sort_keys=True),
+            "meta": json.dumps(to_jsonable(recorded_paths(self.meta, path.parent, "relative")), sort_keys=True),
             "sha256": json.dumps({k: _digest(v) for k, v in tensors.items()}, sort_keys=True),
         }
         atomic_write_bytes(path, safetensors_bytes(tensors, metadata=header))
@@ -137,7 +170,8 @@ class SyntheticSet:
                                         "re-create the set or restore it from a copy")
         if set(expected) != set(tensors):
             raise SyntheticSetError(f"'{path}' is corrupted: tensors {sorted(set(expected) ^ set(tensors))} missing or extra")
-        return cls.from_tensors(tensors, int(header["num_classes"]), json.loads(header["meta"])).to(device)
+        meta = recorded_paths(json.loads(header["meta"]), path.parent, "resolve")
+        return cls.from_tensors(tensors, int(header["num_classes"]), meta).to(device)
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor], num_classes: int, meta: dict[str, Any]) -> "SyntheticSet":

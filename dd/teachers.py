@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -73,6 +74,14 @@ class TeacherSource:
                                  f"has {dataset.num_classes} classes")
             self._module = model
         return self._module.to(device)
+
+
+def absolute_spec(spec: str) -> str:
+    """A spec that names an existing path, made absolute (DIR@E keeps its suffix); a callable's spec unchanged."""
+    path, expert = split_spec(spec)
+    if not Path(path).exists():
+        return spec
+    return os.path.abspath(path) + (f"@{expert}" if expert is not None else "")
 
 
 def open_teacher(spec: str | TeacherSpec, teacher_model: Optional[str] = None) -> TeacherSource:
@@ -208,6 +217,26 @@ class Committee(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sum(w * m(x) for w, m in zip(self.weights, self.members))
+
+
+PATH_KINDS = ("buffer", "file")  # teacher kinds whose spec is a path (a callable's spec names code, not a place)
+
+
+def map_input_paths(records: Optional[dict], fn: Callable[[str], Optional[str]]) -> Optional[dict]:
+    """An inputs record ({"buffers": [{"path", "sha256"}], "teachers": [describe()]}, what identities and set
+    metadata hold) with `fn` applied to every path in it (a None result drops the field): one place knows which
+    fields are paths, for writing them relative to a file's directory and for comparing runs by content."""
+    if not isinstance(records, dict):
+        return records
+
+    def one(rec: dict, key: str) -> dict:
+        if key not in rec or (key == "spec" and rec.get("kind") not in PATH_KINDS):
+            return rec
+        value = fn(str(rec[key]))
+        return {k: v for k, v in rec.items() if k != key} if value is None else {**rec, key: value}
+
+    return {**records, **({"buffers": [one(b, "path") for b in records["buffers"]]} if "buffers" in records else {}),
+            **({"teachers": [one(t, "spec") for t in records["teachers"]]} if "teachers" in records else {})}
 
 
 def open_recorded(records: list[dict]) -> list[TeacherSource]:

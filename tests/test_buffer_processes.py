@@ -16,7 +16,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the thread count torchrun gives 
 
 
 def _dd(out: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dd", *ARGS, "--out", str(out)], env=ENV, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "dd.cli", *ARGS, "--out", str(out)], env=ENV, capture_output=True,
                           text=True, timeout=timeout, check=True)
 
 
@@ -37,7 +37,7 @@ def reference(tmp_path_factory) -> dict[str, bytes]:
 def test_sigkill_then_rerun_is_byte_identical(reference, tmp_path):
     """Acceptance 2."""
     out = tmp_path / "buf"
-    proc = subprocess.Popen([sys.executable, "-m", "dd", *ARGS, "--out", str(out)], env=ENV,
+    proc = subprocess.Popen([sys.executable, "-m", "dd.cli", *ARGS, "--out", str(out)], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -63,7 +63,7 @@ def test_torchrun_two_ranks_gives_the_single_process_files(reference, tmp_path):
         port = s.getsockname()[1]
     out = tmp_path / "buf"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "dd", *ARGS, "--out", str(out)]
+           f"--master_port={port}", "-m", "dd.cli", *ARGS, "--out", str(out)]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert _files(out) == reference

@@ -18,7 +18,7 @@ METHOD_OPTIONS = {"model": "convnet-w32", "batch_real": 8, "power": 2.0}
 
 
 def _command(out: Path, config: Path) -> list[str]:
-    return [sys.executable, "-m", "dd", "distill", "--method", "datadam", "--dataset", "digits", "--ipc", "1",
+    return [sys.executable, "-m", "dd.cli", "distill", "--method", "datadam", "--dataset", "digits", "--ipc", "1",
             "--config", str(config), "--device", "cpu", "--seed", "3", "--out", str(out)]
 
 

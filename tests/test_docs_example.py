@@ -44,7 +44,7 @@ def test_herding_through_the_command_line(tmp_path):
 
 
 def test_the_console_script_is_ddtk_not_the_posix_dd():
-    """An activated environment must not shadow coreutils' dd: the command is ddtk (and python -m dd)."""
+    """An activated environment must not shadow coreutils' dd: the command is ddtk (and python -m dd.cli)."""
     from importlib.metadata import entry_points
 
     scripts = {e.name: e.value for e in entry_points(group="console_scripts") if e.value.startswith("dd.")}

@@ -145,12 +145,12 @@ def _free_port() -> int:
 def one_and_two_ranks(args: list, tmp_path) -> tuple[dict, dict, str]:
     """`ddtk ARGS` in one process (--out tmp_path/one) and under torchrun with 2 gloo ranks (tmp_path/two): both
     eval.json reports and the torchrun's stdout."""
-    one = subprocess.run([sys.executable, "-m", "dd", *args, "--out", str(tmp_path / "one")], env=ENV,
+    one = subprocess.run([sys.executable, "-m", "dd.cli", *args, "--out", str(tmp_path / "one")], env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
               f"--master_port={_free_port()}"]
-    two = subprocess.run([*launch, "-m", "dd", *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True,
+    two = subprocess.run([*launch, "-m", "dd.cli", *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     a, b = (json.loads((tmp_path / d / "eval.json").read_text()) for d in ("one", "two"))

@@ -219,7 +219,7 @@ def test_fallback_refuses_what_it_cannot_check(tmp_path, no_flock):
 # -- the commands: a second writer on a locked directory is refused --------------------------------------------------
 
 def _distill_cmd(out: Path, config: Path, iterations: int) -> list[str]:
-    return [sys.executable, "-m", "dd", "distill", "--method", "dm", "--dataset", "digits", "--ipc", "1",
+    return [sys.executable, "-m", "dd.cli", "distill", "--method", "dm", "--dataset", "digits", "--ipc", "1",
             "--iterations", str(iterations), "--eval-every", "0", "--eval-runs", "0", "--device", "cpu",
             "--config", str(config), "--out", str(out)]
 
@@ -254,7 +254,7 @@ def test_second_distill_on_a_running_out_is_refused(tmp_path):
         first.stderr.close()
     assert second.returncode == 2, second.stderr[-2000:]
     assert f"'{out}' is being written by process {first.pid} on {HOST}" in second.stderr
-    assert "python -m dd distill --method dm" in second.stderr and "use another --out" in second.stderr
+    assert "python -m dd.cli distill --method dm" in second.stderr and "use another --out" in second.stderr
 
 
 def _checkpoint_iteration(out: Path) -> int:
@@ -343,7 +343,7 @@ def test_torchrun_ranks_all_stop_when_rank_0_is_refused(held_elsewhere):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "dd", "buffer", "--dataset", "digits", "--model", "convnet-d1",
+           f"--master_port={port}", "-m", "dd.cli", "buffer", "--dataset", "digits", "--model", "convnet-d1",
            "--experts", "2", "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=180)
     both = r.stdout + r.stderr

@@ -225,14 +225,14 @@ def test_torchrun_two_ranks_recover_the_single_process_images(teacher_dir, tmp_p
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["distill", "--method", "cda", "--dataset", "digits", "--ipc", "3", "--teacher", str(teacher_dir),
             "--iterations", "4", "--set", "batch_classes=5", "--eval-runs", "0", "--device", "cpu", "--seed", "2"]
-    single = subprocess.run([sys.executable, "-m", "dd", *args, "--out", str(tmp_path / "one")], env=env,
+    single = subprocess.run([sys.executable, "-m", "dd.cli", *args, "--out", str(tmp_path / "one")], env=env,
                             capture_output=True, text=True, timeout=180)
     assert single.returncode == 0, single.stderr[-3000:]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-                          f"--master_port={port}", "-m", "dd", *args, "--out", str(tmp_path / "two")], env=env,
+                          f"--master_port={port}", "-m", "dd.cli", *args, "--out", str(tmp_path / "two")], env=env,
                          capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-3000:]
     a = SyntheticSet.load(tmp_path / "one" / "synset.safetensors")

@@ -10,8 +10,8 @@ def add_parser(sub, name):
 
     p = sub.add_parser(name, help="train expert networks and record their parameter trajectories",
                        description="Trains N experts on the real training set and stores every epoch's parameters. "
-                                   "Rerun the same command to resume; launch with `torchrun --nproc_per_node=K -m dd "
-                                   "buffer ...` to share the experts among K processes.")
+                                   "Rerun the same command to resume; launch with `torchrun --nproc_per_node=K "
+                                   "-m dd.cli buffer ...` to share the experts among K processes.")
     p.add_argument("--dataset", default="mnist10k", help="a registered name, folder:PATH or package.module:callable")
     p.add_argument("--model", default="convnet", help="architecture (see `ddtk models`)")
     p.add_argument("--model-option", dest="model_options", action="append", default=[], metavar="KEY=VALUE",

@@ -23,9 +23,9 @@ from dd.distributed import ProcessGroup
 from dd.lock import output_lock
 from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method
 # the plan's names, also importable from here (their home before the plan had a module of its own)
-from dd.methods.plan import (CADENCE, RunConfig, RunPlan, check_inputs, make_plan,  # noqa: F401
-                             method_class, open_inputs, resolve, run_config, run_identity)
-from dd.synset import SyntheticSet
+from dd.methods.plan import (CADENCE, RunConfig, RunPlan, check_inputs, content_identity, make_plan,  # noqa: F401
+                             method_class, open_inputs, resolve, run_config, run_identity, same_run)
+from dd.synset import SyntheticSet, recorded_paths
 from dd.utils import (atomic_write_bytes, atomic_write_text, dict_diff, read_safetensors, remove_stale_temps,
                       resolve_device, safetensors_bytes, safetensors_header, sha256_bytes, to_jsonable, versions)
 
@@ -42,20 +42,21 @@ class DistillResult:
 
 def run_finished(out: str | Path, identity: dict, run: RunConfig | dict | None) -> bool:
     """Does `out` hold the finished set of the run with this identity (see run_identity) and run options: its
-    config.json is the identity, and its set's metadata records the same method, data, inputs, config and run
-    options (CADENCE aside)? A run option the set does not record (added to RunConfig after it was made) counts as
-    its default, which is how that set was made."""
+    config.json is the same run (same_run: the inputs compared by content, not path), and its set's metadata records
+    the same method, data, inputs, config and run options (CADENCE aside)? A run option the set does not record
+    (added to RunConfig after it was made) counts as its default, which is how that set was made."""
     from dd.synset import read_header
 
     out = Path(out)
     header = read_header(out / "synset.safetensors")
     if header is None or not (out / "config.json").is_file():
         return False
-    if json.loads((out / "config.json").read_text()) != identity:
+    if not same_run(json.loads((out / "config.json").read_text()), identity):
         return False
-    meta = json.loads(header.get("meta", "{}"))
-    same = all(meta.get(k) == identity[k] for k in ("method", "ipc", "seed", "config", "inputs", "dataset"))
-    wanted = {k: v for k, v in to_jsonable(asdict(run_config(run))).items() if k not in CADENCE}
+    meta = recorded_paths(json.loads(header.get("meta", "{}")), out, "resolve")  # its paths as SyntheticSet.load reads
+    keys = ("method", "ipc", "seed", "config", "inputs", "dataset")
+    same = same_run({k: meta.get(k) for k in keys}, {k: identity[k] for k in keys})
+    wanted = {k: v for k, v in _run_meta(run_config(run)).items() if k not in CADENCE}
     recorded = {**to_jsonable(asdict(RunConfig())), **(meta.get("run") or {})}
     return same and {k: v for k, v in recorded.items() if k not in CADENCE} == wanted
 
@@ -268,13 +269,25 @@ def _coreset_net(run: RunConfig, inputs: Inputs) -> Optional[str]:
     return str(inputs.buffers[0].path) if inputs.buffers else None
 
 
+def _run_meta(run: RunConfig) -> dict:
+    """The run options a set records: its coreset network, a spec given relative to the working directory too, as an
+    absolute path (the set file writes it relative to itself)."""
+    from dd.teachers import absolute_spec
+
+    meta = to_jsonable(asdict(run))
+    return {**meta, "coreset_net": absolute_spec(meta["coreset_net"])} if meta.get("coreset_net") else meta
+
+
 def _finalize_meta(s: SyntheticSet, identity: dict, best: dict, run: RunConfig, plan: Optional[EvalPlan] = None) -> SyntheticSet:
     s = s.detach()
     s.meta.update({"method": identity["method"], "ipc": identity["ipc"], "seed": identity["seed"],
-                   "config": identity["config"], "run": to_jsonable(asdict(run)), "inputs": identity["inputs"],
+                   "config": identity["config"], "run": _run_meta(run), "inputs": identity["inputs"],
                    "buffer_sha256": identity["buffer_sha256"], "selected": best, "versions": versions()})
     if plan is not None:
-        s.meta["evaluation"] = to_jsonable(plan.to_meta())
+        # the teachers and labels its evaluation reopens, as absolute paths (a spec given relative to the working
+        # directory too): the set file writes them relative to itself (dd.synset.recorded_paths)
+        s.meta["evaluation"] = recorded_paths({"evaluation": to_jsonable(plan.to_meta())}, Path.cwd(),
+                                              "resolve")["evaluation"]
     return s
 
 
@@ -313,7 +326,7 @@ def _load_checkpoint(path: Path, m: Method, g: torch.Generator, identity: dict):
         raise RuntimeError(f"checkpoint '{path}' is damaged (its content does not match its recorded sha256); delete "
                            "it to start over")
     saved = json.loads(header["identity"])
-    diff = dict_diff(saved, identity, "checkpoint")
+    diff = dict_diff(content_identity(saved), content_identity(identity), "checkpoint")  # inputs by content
     if diff:
         raise ValueError(f"'{path.parent}' holds a checkpoint of a different run; differences: {'; '.join(diff)}. "
                          "Use another --out, or delete the checkpoint to start over")

@@ -54,12 +54,16 @@ CADENCE = frozenset({"checkpoint_minutes", "checkpoint_every", "progress", "wand
 
 
 def identity(cls: type, mcfg, inputs: Inputs, dataset: str | ImageDataset, ipc: int, seed: int, run: RunConfig, *,
-             world: int = 1, data_options: Optional[dict] = None) -> dict:
+             world: int = 1, data_options: Optional[dict] = None, out: str | Path | None = None) -> dict:
     """What must match for a checkpoint to be resumed (cadence and iteration count may change), called by make_plan
     only: for a given ImageDataset its name and size, for a name (unread) its size from the data options.
     `image_size` only for datasets read at a chosen resolution (image trees), so other checkpoints keep their
-    identity; `method_module` only for a method defined outside dd/ (`ddtk plot` imports it from there)."""
+    identity; `method_module` only for a method defined outside dd/ (`ddtk plot` imports it from there).
+    The inputs' paths are written relative to `out` (the run's directory): information for people; what a rerun
+    compares is their content (same_run), so a moved or renamed input, or OUT moved with its buffers, is the same
+    run."""
     from dd.data import resolution
+    from dd.teachers import map_input_paths
 
     if isinstance(dataset, ImageDataset):
         name = dataset.name
@@ -71,12 +75,28 @@ def identity(cls: type, mcfg, inputs: Inputs, dataset: str | ImageDataset, ipc: 
         image_size = [res, res] if res is not None else None
     keep = {"val_fraction", "val_epochs", "val_runs"}
     hashes = inputs.hashes()
+    if out is not None:
+        base = os.path.abspath(out)
+        hashes = map_input_paths(hashes, lambda p: os.path.relpath(os.path.abspath(p), base))
     outside = {} if cls.__module__.split(".")[0] == "dd" else {"method_module": cls.__module__}  # where it registers
     return to_jsonable({"method": cls.name, **outside, "dataset": name, "ipc": ipc, "seed": seed, "config": asdict(mcfg),
                         "run": {k: v for k, v in asdict(run).items() if k in keep}, "inputs": hashes,
                         "buffer_sha256": hashes["buffers"][0]["sha256"] if hashes["buffers"] else None,
                         **({"processes": world} if world > 1 else {}),
                         **({"image_size": image_size} if image_size is not None else {})})
+
+
+def content_identity(ident: dict) -> dict:
+    """An identity without its inputs' paths (their sha256 stays): what two runs must share to be the same run. A
+    config.json or checkpoint written before paths were recorded relative to OUT (absolute ones) compares equal."""
+    from dd.teachers import map_input_paths
+
+    return {**ident, "inputs": map_input_paths(ident["inputs"], lambda p: None)} if "inputs" in ident else ident
+
+
+def same_run(a: Optional[dict], b: Optional[dict]) -> bool:
+    """Do two identities (config.json, a checkpoint's, a plan's) name the same run (content_identity)?"""
+    return isinstance(a, dict) and isinstance(b, dict) and content_identity(a) == content_identity(b)
 
 
 def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teacher_model=None,
@@ -151,14 +171,16 @@ def run_config(run: RunConfig | dict | None) -> RunConfig:
 
 def run_identity(method: str, dataset: str, ipc: int, *, buffer: str | Path | None = None, buffers: Sequence = (),
                  teachers: Sequence = (), teacher_model=None, config: dict | None = None,
-                 run: RunConfig | dict | None = None, seed: int = 0, data_options: Optional[dict] = None) -> dict:
+                 run: RunConfig | dict | None = None, seed: int = 0, data_options: Optional[dict] = None,
+                 out: str | Path | None = None) -> dict:
     """The identity a one-process `distill` with these arguments writes to OUT/config.json and its checkpoint
-    (what must match for a resume): the identity of their plan, made without reading the data or the buffers'
-    shards (manifest hashes only)."""
+    (what must match for a resume, see same_run): the identity of their plan, made without reading the data or the
+    buffers' shards (manifest hashes only); give `out` for the inputs' paths as OUT records them."""
     name = base_name(dataset)
     name = name if ":" in name else name.lower()  # folder:PATH and module:callable keep their case
     return make_plan(method, name, ipc, buffer=buffer, buffers=buffers, teachers=teachers, teacher_model=teacher_model,
-                     config=config, run=run, seed=seed, data_options=data_options, world=1, verify="lazy").identity
+                     config=config, run=run, seed=seed, data_options=data_options, world=1, verify="lazy",
+                     out=out).identity
 
 
 @dataclass(frozen=True)
@@ -205,7 +227,7 @@ def make_plan(method: str = "dm", dataset: str | ImageDataset = "mnist10k", ipc:
                                 teacher_model=teacher_model, verify=verify)
     world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
     options = dict(data_options or {})
-    ident = identity(cls, mcfg, inputs, dataset, ipc, seed, run, world=world, data_options=options)
+    ident = identity(cls, mcfg, inputs, dataset, ipc, seed, run, world=world, data_options=options, out=out)
     return RunPlan(cls, mcfg, inputs, dataset, ipc, run, ident, seed=seed, device=device,
                    out=Path(out) if out is not None else None, resume=resume, data_root=data_root,
                    data_options=options, world=world)

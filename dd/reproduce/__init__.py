@@ -20,8 +20,8 @@ config hash; a distill output whose config.json identity (the row's RunPlan iden
 the run; a report computed from the same set (its tensors' recorded sha256) with the same protocol, architectures,
 runs and baselines. A partial buffer or distill resumes (both commands resume); a distill made with other settings
 starts over (`--restart`); a buffer recorded with other settings is refused with the differences named (it may have
-taken hours: delete it or rename the recipe). The paths of buffers and teachers are part of a run's identity, so use
-the same --out (as the same path) to reuse a previous run's artifacts.
+taken hours: delete it or rename the recipe). A run's identity compares its buffers and teachers by content (sha256),
+not by path, so an OUT moved or copied elsewhere is still reused.
 
 The package, by concept: spec.py (the spec's schema and loading), plan.py (a row -> its configs, inputs and the
 equivalent commands), fresh.py (state.json and what can be reused), stages.py (running one stage), scheduler.py

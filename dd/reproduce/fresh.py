@@ -96,7 +96,7 @@ def set_meta(path: Path) -> Optional[dict]:
 def distill_status(row: Row, ctx: Context, state: State) -> tuple[str, str]:
     """('reuse' | 'resume' | 'restart' | 'run', why) for a row's distill step, as the driver answers for its outputs
     (dd.methods.driver.run_finished, checkpoint_identity)."""
-    from dd.methods.driver import CHECKPOINT, checkpoint_identity, run_finished
+    from dd.methods.driver import CHECKPOINT, checkpoint_identity, run_finished, same_run
 
     recipes = recipes_of(row, ctx.spec)
     if any(buffer_status(n, ctx)[0] != "reuse" for n in recipes):  # a buffer in conflict raises, naming it
@@ -115,8 +115,8 @@ def distill_status(row: Row, ctx: Context, state: State) -> tuple[str, str]:
     if not ckpt.is_file():
         return "run", "no set or checkpoint yet"
     started = state.get("rows", row.id, "distill", "started") or {}
-    if checkpoint_identity(ckpt) == identity and started == {"identity": sha256_json(identity),
-                                                            "iterations": plan.run.iterations}:
+    saved = checkpoint_identity(ckpt)  # started records the identity as written then (input paths as they were)
+    if same_run(saved, identity) and started == {"identity": sha256_json(saved), "iterations": plan.run.iterations}:
         return "resume", "its checkpoint belongs to this run"
     return "restart", "its checkpoint was made with other settings (or by another command)"
 
