@@ -11,9 +11,7 @@ so the short buffer suffices). When `mtt` is not registered the script says so a
 """
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,28 +52,10 @@ def ensure_buffer(path: Path, device: str) -> Path:
     return path
 
 
-def measure(method: str, ipc: int, iters: int, device: str, buffer: Path | None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", method, "--ipc", str(ipc), "--iters", str(iters), "--device", device]
-    if buffer is not None:
-        cmd += ["--buffer", str(buffer)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"{method} ipc {ipc} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ipcs", default="1,10,50")
-    p.add_argument("--iters", type=int, default=3, help="timed iterations per configuration (after one warm-up)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--buffer", default=str(DEFAULT_BUFFER), help="MTT expert buffer (recorded here when missing)")
-    p.add_argument("--md", default=None, help="also write the table to this markdown file")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--ipc", type=int, default=None, help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    if a.worker:
-        print(json.dumps(worker(a.worker, a.ipc, a.iters, a.device, a.buffer)))
+    a = rss.bench_args(__doc__, "1,10,50", str(DEFAULT_BUFFER), "MTT expert buffer (recorded here when missing)",
+                       worker, argv)
+    if a is None:
         return 0
 
     from dd.methods import METHODS
@@ -84,8 +64,8 @@ def main(argv=None) -> int:
     buffer = ensure_buffer(Path(a.buffer), a.device) if have_mtt else None
     rows = []
     for ipc in [int(x) for x in a.ipcs.split(",")]:
-        dam = measure("datadam", ipc, a.iters, a.device, None)
-        mtt = measure("mtt", ipc, a.iters, a.device, buffer) if have_mtt else None
+        dam = rss.measure(__file__, "datadam", ipc, a.iters, a.device, None)
+        mtt = rss.measure(__file__, "mtt", ipc, a.iters, a.device, buffer) if have_mtt else None
         rows.append((ipc, dam, mtt))
         print(json.dumps({"ipc": ipc, "datadam": dam, "mtt": mtt}), flush=True)
     lines = [f"DataDAM vs MTT on {DATASET}, {MODEL}, device {rows[0][1]['device']}, {a.iters} timed iterations "
@@ -102,11 +82,7 @@ def main(argv=None) -> int:
     if not have_mtt:
         lines += ["", "trajectory matching (`mtt`) is not registered in this checkout: no ratios were computed"]
     text = "\n".join(lines)
-    print(text)
-    if a.md:
-        from dd.utils import atomic_write_text
-
-        atomic_write_text(a.md, text + "\n")
+    rss.report(text, a.md)
     return 0
 
 

@@ -11,9 +11,7 @@ presets for the IPC), so the ratios are those of the bench table's runs.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -56,15 +54,6 @@ def worker(name: str, ipc: int, iters: int, device: str, buffer: str) -> dict:
             "memory": how}
 
 
-def measure(name: str, ipc: int, iters: int, device: str, buffer: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--ipc", str(ipc), "--iters", str(iters), "--device", device,
-           "--buffer", str(buffer)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"{name} ipc {ipc} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def table(rows: dict, ipcs: list[int], iters: int) -> str:
     first = rows[(ipcs[0], "ncfm")]
     lines = [f"NCFM vs DM and MTT on {DATASET}, {MODEL}, device {first['device']}, {iters} timed iterations after one "
@@ -80,31 +69,19 @@ def table(rows: dict, ipcs: list[int], iters: int) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ipcs", default="1,10")
-    p.add_argument("--iters", type=int, default=3, help="timed iterations per configuration (after one warm-up)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--buffer", default=str(DEFAULT_BUFFER), help="expert buffer of NCFM and MTT (recorded when missing)")
-    p.add_argument("--md", default=None, help="also write the table to this markdown file")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--ipc", type=int, default=None, help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    if a.worker:
-        print(json.dumps(worker(a.worker, a.ipc, a.iters, a.device, a.buffer)))
+    a = rss.bench_args(__doc__, "1,10", str(DEFAULT_BUFFER), "expert buffer of NCFM and MTT (recorded when missing)",
+                       worker, argv)
+    if a is None:
         return 0
     buffer = ensure_buffer(Path(a.buffer), a.device)
     ipcs = [int(x) for x in a.ipcs.split(",")]
     rows = {}
     for ipc in ipcs:
         for name in METHODS:
-            rows[(ipc, name)] = measure(name, ipc, a.iters, a.device, buffer)
+            rows[(ipc, name)] = rss.measure(__file__, name, ipc, a.iters, a.device, buffer)
             print(json.dumps(rows[(ipc, name)]), flush=True)
     text = table(rows, ipcs, a.iters)
-    print(text)
-    if a.md:
-        from dd.utils import atomic_write_text
-
-        atomic_write_text(a.md, text + "\n")
+    rss.report(text, a.md)
     return 0
 
 

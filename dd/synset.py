@@ -248,7 +248,7 @@ def read_meta(path: str | os.PathLike) -> dict:
     except Exception as e:
         raise _unreadable(path, e) from e
     _check_format(path, header)
-    return json.loads(header["meta"])
+    return recorded_paths(json.loads(header["meta"]), path.parent, "resolve")
 
 
 def _unreadable(path: Path, e: Exception) -> SyntheticSetError:

@@ -461,3 +461,13 @@ def test_rows_score_several_label_regimes_with_one_teacher_beside_coreset_rows(t
     after = _table(tmp_path / "out")
     assert [after[r]["stages"]["eval"]["status"] for r in ("random", "herding", "dm")] == ["reused", "ran", "ran"]
     assert "regimes" in after["dm"] and [g["protocol"] for g in after["dm"]["regimes"]] == ["hard"]
+
+
+def test_budget_cells_of_reports_made_before_label_sources_were_recorded():
+    from dd.reproduce.table import _bytes
+
+    assert _bytes({"image_bytes": 31360, "label_bytes": 80, "label_source": None}) == ["31,360", "80"]
+    assert _bytes({"image_bytes": 31360, "label_bytes": 80, "label_source": "teacher on every view (not stored)",
+                   "labels_exceed_images": False}) == ["31,360", "80 + teacher"]
+    assert _bytes({"image_bytes": 32, "label_bytes": 80, "labels_exceed_images": True}) == ["32", "80 (> images)"]
+    assert _bytes({"image_bytes": None, "label_bytes": None}) == ["", ""] and _bytes(None) == ["", ""]

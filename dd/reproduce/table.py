@@ -101,10 +101,10 @@ def _regimes(e: dict) -> list[dict]:
 
 def _bytes(budget: Optional[dict]) -> list[str]:
     """The image and label bytes cells of a regime's budget."""
-    if not budget:
-        return ["", ""]
+    if not budget or budget.get("image_bytes") is None or budget.get("label_bytes") is None:
+        return ["", ""]  # a report made before budgets were recorded
     labels = f"{budget['label_bytes']:,}"
-    if budget.get("label_source", "").startswith("teacher on every view"):
+    if (budget.get("label_source") or "").startswith("teacher on every view"):
         labels += " + teacher"
     return [f"{budget['image_bytes']:,}", labels + (" (> images)" if budget.get("labels_exceed_images") else "")]
 
