@@ -107,13 +107,14 @@ def open_inputs(cls: type, buffers: Sequence = (), teachers: Sequence = (), teac
     that only need the inputs' identity (their manifests' hashes)."""
     from dd.buffers import TrajectoryStore
     from dd.specs import parse_spec
-    from dd.teachers import open_teachers
+    from dd.teachers import TeacherSource, open_teachers
 
     buffers = [b for b in buffers if b]
     teachers = [t for t in teachers if t]
     check_input_counts(cls, len(buffers), len(teachers))
     buffers = [parse_spec(b, "buffer") for b in buffers]  # BufferSpec / TeacherSpec (dd.specs)
-    teachers = [parse_spec(t, "teacher") for t in teachers]
+    # an opened TeacherSource (a nested plan's member) is passed through as open_teachers takes it
+    teachers = [t if isinstance(t, TeacherSource) else parse_spec(t, "teacher") for t in teachers]
     return Inputs([TrajectoryStore(b.path, verify=verify) for b in buffers], open_teachers(teachers, teacher_model))
 
 
