@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -70,18 +70,21 @@ def prior_plan(source, train, config, device):
     """The member's lone CDA run as a RunPlan: CV-DD's recover options (every CDAConfig field of `config`), the
     prior's start, no stored labels, `prior_ipc` x `prior_iterations` on `train`, seed 0; its directory is
     runs_dir/cda-ipcN-HASH, HASH naming its identity and the split (None for a callable member)."""
-    from dd.methods.plan import make_plan
+    from dd.methods.plan import content_identity, make_plan
     from dd.methods.sre2l import CDAConfig
 
     values = {f.name: getattr(config, f.name) for f in fields(CDAConfig)}
     values.update(init=prior_init(config), relabel_epochs=0)
-    plan = make_plan("cda", train, config.prior_ipc, teachers=[source], config=values,
-                     run={**PRIOR_RUN, "iterations": config.prior_iterations}, device=device, seed=PRIOR_SEED)
+    kwargs = dict(teachers=[source], config=values, run={**PRIOR_RUN, "iterations": config.prior_iterations},
+                  device=device, seed=PRIOR_SEED)
+    plan = make_plan("cda", train, config.prior_ipc, **kwargs)
     root = runs_dir(source)
     if root is None:
         return plan
-    tag = sha256_json({"identity": plan.identity, "split": PRIOR_SPLIT})[:16]
-    return replace(plan, out=root / f"cda-ipc{config.prior_ipc}-{tag}")
+    # named by what the run is (its inputs by content), then planned again in its directory so that its identity
+    # names the member relative to it, as every run's does
+    tag = sha256_json({"identity": content_identity(plan.identity), "split": PRIOR_SPLIT})[:16]
+    return make_plan("cda", train, config.prior_ipc, out=root / f"cda-ipc{config.prior_ipc}-{tag}", **kwargs)
 
 
 def member_priors(sources, dataset, config, device, protocol) -> list[dict]:
