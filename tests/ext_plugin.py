@@ -16,7 +16,7 @@ from torch import nn
 from dd.data import DatasetNotFoundError, ImageDataset, load_dataset, register_dataset
 from dd.eval.rules import Teacher
 from dd.methods import METHODS, Method, MethodConfig
-from dd.methods.base import EvalPlan, load_optimizer_state, optimizer_state
+from dd.methods.base import Scoring, load_optimizer_state, optimizer_state
 from dd.synset import SyntheticSet
 
 METHOD = "ext-invert"
@@ -141,8 +141,8 @@ class ExtInvert(Method):
         synset.labels = (logits / self.config.temperature).softmax(1)
         return synset
 
-    def evaluation(self) -> EvalPlan:
-        return EvalPlan(PROTOCOL, self.teacher, [self.source.describe()])
+    def evaluation(self) -> Scoring:
+        return Scoring(PROTOCOL, self.teacher, [self.source.describe()])
 
     def state(self):
         tensors, info = optimizer_state(self.opt, "opt")

@@ -1,7 +1,7 @@
 """`EvalPlan` and `RelabelPlan`: one evaluation (or relabelling) of a set resolved and checked before any data is read;
 `ddtk eval`, `ddtk relabel` and `evaluate_set` (hence `ddtk reproduce`) build one and hand it to dd.eval.run.
 
-Not dd.methods.base.EvalPlan, which is what a method records in its set about how the set is to be scored (read here).
+(dd.methods.base.Scoring is the other side: what a method records in its set about how the set is to be scored.)
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Synthesizers: one module per method, registered by name; `distill()` runs any of them."""
-from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method, MethodConfig
+from dd.methods.base import DistillationDiverged, Scoring, Inputs, Method, MethodConfig
 from dd.methods.registry import METHODS
 from dd.methods.driver import DistillResult, RunConfig, RunPlan, build_method, distill, make_plan, prepare, run_plan
 from dd.methods import dm as _dm  # noqa: F401  (each import registers a method)
@@ -12,5 +12,5 @@ from dd.methods import cvdd as _cvdd  # noqa: F401
 from dd.methods import ncfm as _ncfm  # noqa: F401
 from dd.methods import rded as _rded  # noqa: F401
 
-__all__ = ["METHODS", "DistillResult", "DistillationDiverged", "EvalPlan", "Inputs", "Method", "MethodConfig", "RunConfig",
+__all__ = ["METHODS", "DistillResult", "DistillationDiverged", "Scoring", "Inputs", "Method", "MethodConfig", "RunConfig",
            "RunPlan", "build_method", "distill", "make_plan", "prepare", "run_plan"]

@@ -50,7 +50,7 @@ class Inputs:
 
 
 @dataclass
-class EvalPlan:
+class Scoring:
     """How a method's set must be scored: the protocol, the teacher module (if any) and its records, stored labels."""
 
     protocol: Any = "hard"  # a protocol name or dd.eval.Protocol
@@ -128,9 +128,9 @@ class Method:
         """Runs once after the loop on the chosen set (e.g. relabeling under `protocol`, the report's); returns it."""
         return synset
 
-    def evaluation(self) -> EvalPlan:
+    def evaluation(self) -> Scoring:
         """The protocol (and teacher) the set is scored with: hard labels, or soft when the set has label distributions."""
-        return EvalPlan("soft" if self.current_set().soft else "hard")
+        return Scoring("soft" if self.current_set().soft else "hard")
 
     # -- to implement ---------------------------------------------------------------------------
     def init_synset(self) -> SyntheticSet:

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from dd.methods.base import EvalPlan
+from dd.methods.base import Scoring
 from dd.methods.recover import committee_loss, forward_with_bn_loss  # noqa: F401  (committee_loss: its public home was here)
 from dd.methods.registry import METHODS
 from dd.methods.sre2l import CDA, CDAConfig
@@ -143,9 +143,9 @@ class CVDD(CDA):
         return get_protocol("teacher", batch_size=self.config.post_batch_size, cosine_eta=self.config.post_cosine_eta,
                             teacher_bn=self.config.label_bn)
 
-    def evaluation(self) -> EvalPlan:
+    def evaluation(self) -> Scoring:
         committee = Committee(self.members, self.label_weights)
-        return EvalPlan(self.post_protocol(), committee, [s.describe() for s in self.sources], self.label_weights, self.labels_dir)
+        return Scoring(self.post_protocol(), committee, [s.describe() for s in self.sources], self.label_weights, self.labels_dir)
 
     def finalize(self, synset, out, protocol):
         synset = super().finalize(synset, out, protocol)

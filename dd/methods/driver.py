@@ -21,7 +21,7 @@ from dd.eval import build_report, get_protocol, train_and_test
 from dd.eval.rules import EvalInputs
 from dd.distributed import ProcessGroup
 from dd.lock import output_lock
-from dd.methods.base import DistillationDiverged, EvalPlan, Inputs, Method
+from dd.methods.base import DistillationDiverged, Scoring, Inputs, Method
 # the plan's names, also importable from here (their home before the plan had a module of its own)
 from dd.methods.plan import (CADENCE, RunConfig, RunPlan, check_inputs, content_identity, make_plan,  # noqa: F401
                              method_class, open_inputs, resolve, run_config, run_identity, same_run)
@@ -278,7 +278,7 @@ def _run_meta(run: RunConfig) -> dict:
     return {**meta, "coreset_net": absolute_spec(meta["coreset_net"])} if meta.get("coreset_net") else meta
 
 
-def _finalize_meta(s: SyntheticSet, identity: dict, best: dict, run: RunConfig, plan: Optional[EvalPlan] = None) -> SyntheticSet:
+def _finalize_meta(s: SyntheticSet, identity: dict, best: dict, run: RunConfig, plan: Optional[Scoring] = None) -> SyntheticSet:
     s = s.detach()
     s.meta.update({"method": identity["method"], "ipc": identity["ipc"], "seed": identity["seed"],
                    "config": identity["config"], "run": _run_meta(run), "inputs": identity["inputs"],

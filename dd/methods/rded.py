@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from dd.eval.views import draw_crops
-from dd.methods.base import EvalPlan, Method, MethodConfig
+from dd.methods.base import Scoring, Method, MethodConfig
 from dd.methods.registry import METHODS
 from dd.synset import SyntheticSet, dataset_extra, dataset_meta
 
@@ -223,8 +223,8 @@ class RDED(Method):
             self.labels_dir = str(path)
         return synset
 
-    def evaluation(self) -> EvalPlan:
-        return EvalPlan("teacher", self.teacher, [self.source.describe()], None, self.labels_dir)
+    def evaluation(self) -> Scoring:
+        return Scoring("teacher", self.teacher, [self.source.describe()], None, self.labels_dir)
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def state(self):

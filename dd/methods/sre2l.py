@@ -16,7 +16,7 @@ from typing import ClassVar, Optional
 
 import torch
 
-from dd.methods.base import EvalPlan, Method, MethodConfig, load_optimizer_state, optimizer_state
+from dd.methods.base import Scoring, Method, MethodConfig, load_optimizer_state, optimizer_state
 from dd.methods.recover import (SCHEDULES, batchnorm_layers, committee_loss, cosine_lr, crop_scale_min, forward_with_bn_loss,
                                 recover_view)
 from dd.methods.registry import METHODS
@@ -226,8 +226,8 @@ class SRe2L(Method):
             self.labels_dir = str(path)
         return synset
 
-    def evaluation(self) -> EvalPlan:
-        return EvalPlan("teacher", self.teacher, [self.source.describe()], None, self.labels_dir)
+    def evaluation(self) -> Scoring:
+        return Scoring("teacher", self.teacher, [self.source.describe()], None, self.labels_dir)
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def state(self):
